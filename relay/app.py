@@ -28,7 +28,7 @@ def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
     sources = SourceTable(config.sources)
     handler = WebhookHandler(config, sources, publisher, clock)
     for source in sources:
-        app.router.add_post(source.path, handler)
+        app.router.add_post(source.path, handler.handle)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
 

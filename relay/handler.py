@@ -49,7 +49,7 @@ class WebhookHandler:
         self._publisher = publisher
         self._clock = clock
 
-    async def __call__(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.server.deadline_s
         try:

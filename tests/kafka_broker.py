@@ -1,0 +1,268 @@
+"""A single-node KRaft Apache Kafka broker started from the official jars.
+
+Maven resolves the jars named in ``tests/kafka/pom.xml`` from Maven Central
+into a cache once (``$RELAY_KAFKA_CACHE``, default
+``~/.cache/tasknation-relay``); the broker then runs as a Java 17 process on
+free loopback ports. The tests, the benchmark and the local run without
+Docker all use this module.
+
+Run ``python -m tests.kafka_broker --port 9092`` to keep a broker in the
+foreground until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+KAFKA_VERSION = "4.1.1"
+_HERE = Path(__file__).resolve().parent / "kafka"
+_POM = _HERE / "pom.xml"
+_LOG4J_CONFIG = _HERE / "log4j2.properties"
+_STARTED_MARKER = "Kafka Server started"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("RELAY_KAFKA_CACHE") or Path.home() / ".cache" / "tasknation-relay"
+    return Path(root) / f"kafka-{KAFKA_VERSION}"
+
+
+def ensure_kafka_jars() -> Path:
+    """Return the folder of the broker's jars, resolving them with Maven on first use."""
+    target = cache_dir()
+    libs = target / "libs"
+    complete = target / "complete"
+    if complete.exists():
+        return libs
+
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / "lock", "w") as lock:
+        # Several pytest or benchmark processes may start at once; one resolves.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if complete.exists():
+            return libs
+        if shutil.which("mvn") is None:
+            raise RuntimeError("Maven (mvn) is not installed; it is needed to fetch the Kafka jars")
+        shutil.rmtree(libs, ignore_errors=True)
+        subprocess.run(
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(_POM),
+                f"-Dkafka.version={KAFKA_VERSION}",
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={libs}",
+            ],
+            check=True,
+        )
+        complete.write_text(KAFKA_VERSION)
+    return libs
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class KafkaBroker:
+    """One broker-and-controller process with its own data folder and ports.
+
+    ``stop``, ``kill``, ``pause`` and ``resume`` let fault tests act on the
+    process; ``start`` after ``stop`` brings it back on the same ports and data.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        properties: Mapping[str, str] | None = None,
+        heap: str = "512m",
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.controller_port = free_port()
+        self.properties = dict(properties or {})
+        self.heap = heap
+        self.log_file = self.workdir / "broker.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        """Start the process and return once the broker serves requests."""
+        libs = ensure_kafka_jars()
+        config = self._write_config()
+        if not (self.workdir / "data" / "meta.properties").exists():
+            self._format(libs, config)
+
+        log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        with open(self.workdir / "stdout.log", "ab") as stdout:
+            self._process = subprocess.Popen(
+                [*self._java(libs), "kafka.Kafka", str(config)],
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait_started(log_offset, timeout_s)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the broker with SIGTERM (a controlled shutdown), then SIGKILL."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def pause(self) -> None:
+        """Freeze the broker with SIGSTOP: connections stay open but nothing is answered."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
+    def __enter__(self) -> KafkaBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _java(self, libs: Path) -> list[str]:
+        return [
+            "java",
+            f"-Xmx{self.heap}",
+            "-Xms128m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={_LOG4J_CONFIG}",
+            f"-Dbroker.log.file={self.log_file}",
+            "-cp",
+            f"{libs}/*",
+        ]
+
+    def _write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        properties = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.workdir / "data"),
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            **self.properties,
+        }
+        path = self.workdir / "server.properties"
+        path.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
+        return path
+
+    def _format(self, libs: Path, config: Path) -> None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        subprocess.run(
+            [*self._java(libs), "kafka.tools.StorageTool", "format", "-t", cluster_id,
+             "-c", str(config)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def _wait_started(self, log_offset: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"the Kafka broker exited with {self._process.returncode}; see {self.log_file}"
+                )
+            if self._log_contains(_STARTED_MARKER, log_offset) and self._accepts_connections():
+                return
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(
+            f"the Kafka broker did not start within {timeout_s} s; see {self.log_file}"
+        )
+
+    def _log_contains(self, marker: str, offset: int) -> bool:
+        try:
+            with open(self.log_file, "rb") as log:
+                log.seek(offset)
+                return marker.encode() in log.read()
+        except FileNotFoundError:
+            return False
+
+    def _accepts_connections(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run a single-node Kafka broker until Ctrl-C.")
+    parser.add_argument("--port", type=int, default=9092, help="client port (default: 9092)")
+    parser.add_argument(
+        "--data", type=Path, help="data folder, kept between runs (default: a temporary folder)"
+    )
+    args = parser.parse_args()
+
+    workdir = args.data or Path(tempfile.mkdtemp(prefix="relay-kafka-"))
+    broker = KafkaBroker(workdir, port=args.port)
+    print(f"starting Kafka {KAFKA_VERSION} in {workdir} ...", flush=True)
+    broker.start()
+    print(f"Kafka is ready at {broker.bootstrap}; press Ctrl-C to stop", flush=True)
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        signal.sigwait(signals)
+    finally:
+        broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
