@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from relay.errors import ConfigError
+from relay.kafka_security import create_ssl_context
 
 # Kafka's default broker `message.max.bytes` is 1048588 and aiokafka's default
 # `max_request_size` is 1048576. A body limit of half that leaves room for the
@@ -53,16 +54,105 @@ class ServerConfig(_Model):
     shutdown_grace_s: float = Field(default=10.0, ge=0)
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class KafkaSslConfig(_Model):
+    """TLS toward the brokers: trusted authorities, client certificate, hostname check.
+
+    The files are loaded during validation, so a missing file, a wrong
+    ``key_password`` or a key that does not match the certificate stops the
+    relay at start with a message naming the setting.
+    """
+
+    # PEM certificates of the authorities that sign the brokers' certificates;
+    # without it the system trust store is used.
+    ca_file: Path | None = None
+    # PEM client certificate chain, for brokers that require client authentication.
+    cert_file: Path | None = None
+    # PEM private key of cert_file; not needed when cert_file contains the key.
+    key_file: Path | None = None
+    key_password: SecretStr | None = None
+    check_hostname: bool = True
+
+    @field_validator("key_password", mode="before")
+    @classmethod
+    def _resolve_key_password(cls, value: object) -> object:
+        return _resolve_secret(value)
+
+    @model_validator(mode="after")
+    def _check_loadable(self) -> KafkaSslConfig:
+        if self.cert_file is None and (self.key_file or self.key_password):
+            raise ValueError("key_file and key_password need cert_file, the client certificate")
+        try:
+            create_ssl_context(self)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class KafkaSaslConfig(_Model):
+    """SASL authentication toward the brokers."""
+
+    mechanism: SaslMechanism
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _resolve_password(cls, value: object) -> object:
+        return _resolve_secret(value)
+
+    @field_validator("password")
+    @classmethod
+    def _check_password(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("the SASL password must not be empty")
+        return value
+
+
 class KafkaConfig(_Model):
-    """The producer's connection and batching settings; `acks=all` is fixed."""
+    """The producer's connection, security and batching settings; `acks=all` is fixed."""
 
     bootstrap_servers: str
     client_id: str = "tasknation-relay"
+    # Kafka's `security.protocol`: SSL and SASL_SSL encrypt, SASL_* authenticate with `sasl`.
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    ssl: KafkaSslConfig | None = None
+    sasl: KafkaSaslConfig | None = None
     linger_ms: int = Field(default=5, ge=0, le=1000)
     max_request_size: int = Field(default=DEFAULT_MAX_REQUEST_SIZE, ge=1024)
     request_timeout_ms: int = Field(default=30_000, ge=1000)
     metadata_max_age_ms: int = Field(default=300_000, ge=1000)
     reconnect_backoff_s: float = Field(default=1.0, gt=0)
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaConfig:
+        protocol = self.security_protocol
+        if self.ssl is not None and not self.uses_ssl:
+            raise ValueError(
+                f"ssl is set but security_protocol is {protocol}; "
+                "set security_protocol to SSL or SASL_SSL, or remove ssl"
+            )
+        if self.sasl is not None and not self.uses_sasl:
+            raise ValueError(
+                f"sasl is set but security_protocol is {protocol}; "
+                "set security_protocol to SASL_SSL or SASL_PLAINTEXT, or remove sasl"
+            )
+        if self.sasl is None and self.uses_sasl:
+            raise ValueError(
+                f"security_protocol {protocol} needs sasl with mechanism, username and password"
+            )
+        return self
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -204,7 +294,10 @@ def _interpolate(value: Any, environ: Mapping[str, str], source_name: str, path:
 
 
 def _resolve_secret(entry: object) -> object:
-    """Turn ``{env: NAME}`` or ``{file: PATH}`` into the secret string it names."""
+    """Turn ``{env: NAME}`` or ``{file: PATH}`` into the secret string it names.
+
+    Any other value is returned unchanged for the field's own validation.
+    """
     if not isinstance(entry, dict):
         return entry
     if set(entry) == {"env"} and isinstance(entry["env"], str):

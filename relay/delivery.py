@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 
 from relay.config import KafkaConfig
 from relay.errors import DeliveryUnavailable
+from relay.kafka_security import kafka_client_kwargs
 from relay.routing import Record
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ class Publisher:
 
     def __init__(self, config: KafkaConfig) -> None:
         self._config = config
+        # Built once: the SSL context loads its files here, and every reconnect reuses it.
+        self._client_kwargs = kafka_client_kwargs(config)
         self._producer: AIOKafkaProducer | None = None
         self._connect_task: asyncio.Task[None] | None = None
 
@@ -105,8 +108,7 @@ class Publisher:
     def _new_producer(self) -> AIOKafkaProducer:
         config = self._config
         return AIOKafkaProducer(
-            bootstrap_servers=config.bootstrap_servers,
-            client_id=config.client_id,
+            **self._client_kwargs,
             acks="all",
             enable_idempotence=True,
             linger_ms=config.linger_ms,

@@ -6,6 +6,10 @@ into a cache once (``$RELAY_KAFKA_CACHE``, default
 free loopback ports. The tests, the benchmark and the local run without
 Docker all use this module.
 
+With a ``BrokerSecurity`` the broker also opens an SSL listener that requires
+a client certificate and a SASL_SSL listener with SCRAM-SHA-256,
+SCRAM-SHA-512 and PLAIN users, next to its PLAINTEXT one.
+
 Run ``python -m tests.kafka_broker --port 9092`` to keep a broker in the
 foreground until Ctrl-C.
 """
@@ -25,6 +29,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 KAFKA_VERSION = "4.1.1"
@@ -32,6 +37,8 @@ _HERE = Path(__file__).resolve().parent / "kafka"
 _POM = _HERE / "pom.xml"
 _LOG4J_CONFIG = _HERE / "log4j2.properties"
 _STARTED_MARKER = "Kafka Server started"
+_SCRAM_LOGIN = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+_PLAIN_LOGIN = "org.apache.kafka.common.security.plain.PlainLoginModule required"
 
 
 def cache_dir() -> Path:
@@ -80,6 +87,20 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """The PEM files and users of a broker's SSL and SASL_SSL listeners."""
+
+    # One PEM file: the PKCS#8 private key, then the certificate chain. Kafka 4.1 on
+    # Java 17 reads an unencrypted key or one encrypted with a PBES1 scheme, not PBES2.
+    keystore: Path
+    # PEM certificates of the authorities that sign client certificates.
+    truststore: Path
+    # User name to password; each user gets SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN credentials.
+    users: Mapping[str, str] = field(default_factory=dict)
+    key_password: str | None = None
+
+
 class KafkaBroker:
     """One broker-and-controller process with its own data folder and ports.
 
@@ -94,10 +115,14 @@ class KafkaBroker:
         port: int | None = None,
         properties: Mapping[str, str] | None = None,
         heap: str = "512m",
+        security: BrokerSecurity | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.controller_port = free_port()
+        self.security = security
+        self.ssl_port = free_port() if security else None
+        self.sasl_ssl_port = free_port() if security else None
         self.properties = dict(properties or {})
         self.heap = heap
         self.log_file = self.workdir / "broker.log"
@@ -106,6 +131,22 @@ class KafkaBroker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """Return the address of the SSL listener, which requires a client certificate."""
+        if self.ssl_port is None:
+            raise RuntimeError("this broker has no SSL listener; pass security=BrokerSecurity(...)")
+        return f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """Return the address of the SASL_SSL listener (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN)."""
+        if self.sasl_ssl_port is None:
+            raise RuntimeError(
+                "this broker has no SASL_SSL listener; pass security=BrokerSecurity(...)"
+            )
+        return f"127.0.0.1:{self.sasl_ssl_port}"
 
     def start(self, timeout_s: float = 90.0) -> None:
         """Start the process and return once the broker serves requests."""
@@ -195,17 +236,58 @@ class KafkaBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            **self._security_properties(),
             **self.properties,
         }
         path = self.workdir / "server.properties"
         path.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
         return path
 
+    def _security_properties(self) -> dict[str, str]:
+        if self.security is None:
+            return {}
+        security = self.security
+        listeners = {
+            "PLAINTEXT": self.port,
+            "SSL": self.ssl_port,
+            "SASL_SSL": self.sasl_ssl_port,
+        }
+        advertised = ",".join(f"{name}://127.0.0.1:{port}" for name, port in listeners.items())
+        plain_users = "".join(
+            f' user_{name}="{password}"' for name, password in security.users.items()
+        )
+        properties = {
+            "listeners": f"{advertised},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": advertised,
+            "listener.security.protocol.map": (
+                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL"
+            ),
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(security.keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(security.truststore),
+            "listener.name.ssl.ssl.client.auth": "required",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": _SCRAM_LOGIN,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": _SCRAM_LOGIN,
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": f"{_PLAIN_LOGIN}{plain_users};",
+        }
+        if security.key_password is not None:
+            properties["ssl.key.password"] = security.key_password
+        return properties
+
     def _format(self, libs: Path, config: Path) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        # KRaft stores SCRAM credentials in the cluster metadata, so they are added at format time.
+        scram_arguments = [
+            argument
+            for name, password in (self.security.users.items() if self.security else ())
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+            for argument in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
         subprocess.run(
             [*self._java(libs), "kafka.tools.StorageTool", "format", "-t", cluster_id,
-             "-c", str(config)],
+             "-c", str(config), *scram_arguments],
             check=True,
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
