@@ -133,8 +133,8 @@ def test_probes_use_health_endpoints(manifests) -> None:
 
 def test_grace_period_covers_shutdown(manifests) -> None:
     # The relay waits up to shutdown_grace_s for requests in flight, then up
-    # to shutdown_grace_s again for the producer to flush; the preStop sleep
-    # runs first and counts against the same grace period.
+    # to shutdown_grace_s again for the producer to flush. The preStop sleep
+    # runs before both and counts against the same grace period.
     shutdown_grace_s = relay_yaml(manifests)["server"]["shutdown_grace_s"]
     pre_stop = relay_container(manifests)["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
