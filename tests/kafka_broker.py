@@ -91,8 +91,8 @@ def free_port() -> int:
 class BrokerSecurity:
     """The PEM files and users of a broker's SSL and SASL_SSL listeners."""
 
-    # One PEM file: the PKCS#8 private key, then the certificate chain. Kafka 4.1 on
-    # Java 17 reads an unencrypted key or one encrypted with a PBES1 scheme, not PBES2.
+    # One PEM file: the PKCS#8 private key, then the certificate chain. Kafka 4.1.1 on
+    # Java 17 fails on a PBES2-encrypted key ("PBES2 SecretKeyFactory not available").
     keystore: Path
     # PEM certificates of the authorities that sign client certificates.
     truststore: Path
