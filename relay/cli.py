@@ -152,7 +152,7 @@ def _describe_event(config: RelayConfig, source: SourceConfig, event: str) -> It
     """Yield the lines of one event type in the routing table of ``source``."""
     yield event
     if not source.allows_event_type(event):
-        yield "  not allowed by the source: answered 200, not published"
+        yield "  not allowed by the source: gets 200, not published"
         return
 
     routing = config.routing
@@ -163,7 +163,7 @@ def _describe_event(config: RelayConfig, source: SourceConfig, event: str) -> It
         route = routing.routes[destination.route_index]
         yield f"  route:   {destination.route_index + 1} ({', '.join(route.events)})"
     if not destination.topics:
-        yield "  dropped by the route: answered 200, not published"
+        yield "  dropped by the route: gets 200, not published"
         return
 
     key_paths = destination.key_paths

@@ -39,7 +39,7 @@ DEFAULT_MAX_BODY_BYTES = 512 * 1024
 DEFAULT_MAX_REQUEST_SIZE = 1024 * 1024
 RECORD_OVERHEAD_BYTES = 16 * 1024
 
-# The event types that TaskNation documents; `check-config` and `topics ensure` expand
+# The event types that TaskNation documents. `check-config` and `topics ensure` expand
 # `{event}` over these unless `routing.event_types` lists others.
 TASKNATION_EVENT_TYPES = (
     "lead.created",
@@ -61,8 +61,8 @@ _TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
 TEMPLATE_FIELDS = ("event", "source")
 _KEY_PATH = re.compile(r"^(id|event|data(\.[^.\s]+)+)$")
 _TOPIC_CONFIG_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-# Kafka stores the partition count as a 32-bit and the replication factor as a 16-bit integer;
-# the partition bound is far below that, since more partitions on one topic are a typo.
+# Kafka stores the partition count as a 32-bit and the replication factor as a 16-bit integer.
+# The partition bound is far lower, because more partitions on one topic are most likely a typo.
 MAX_PARTITIONS = 10_000
 MAX_REPLICATION_FACTOR = 32_767
 
@@ -76,7 +76,7 @@ def is_valid_topic_name(name: str) -> bool:
 
 
 def is_safe_event_name(event: str) -> bool:
-    """Tell whether an event type may become part of a topic name: it is one by itself."""
+    """Check whether an event type may appear in a topic name, which it may if it is one."""
     return is_valid_topic_name(event)
 
 
@@ -91,7 +91,14 @@ def event_matches(pattern: str, event: str) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _compile_glob(pattern: str) -> re.Pattern[str]:
-    parts = (".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern)
+    parts = []
+    for char in pattern:
+        if char == "*":
+            parts.append(".*")
+        elif char == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
     return re.compile("".join(parts), re.DOTALL)
 
 
@@ -293,7 +300,7 @@ class TopicSettings(_Model):
 
 
 class TopicOverride(_Model):
-    """Settings of one topic that replace ``routing.topic_defaults``; configs are merged."""
+    """Settings of one topic that replace ``routing.topic_defaults``, with configs merged."""
 
     partitions: int | None = Field(default=None, ge=1, le=MAX_PARTITIONS)
     replication_factor: int | None = Field(default=None, ge=1, le=MAX_REPLICATION_FACTOR)
@@ -301,7 +308,7 @@ class TopicOverride(_Model):
 
 
 class RoutingConfig(_Model):
-    """Where records go, which payload fields become the record key, and topic settings.
+    """Routes, record key paths, CloudEvents content mode and topic settings.
 
     Without ``routes``, one route sends every event to ``topic_prefix`` + the
     event type. With ``routes``, the first route whose ``events`` patterns
@@ -371,8 +378,8 @@ class RoutingConfig(_Model):
         """Return where an event of type ``event`` from ``source`` is written.
 
         An event type that is not a safe topic name, or that no route matches,
-        goes to the unrouted topic; so does each rendered topic name that
-        Kafka would reject.
+        goes to the unrouted topic. So does each rendered topic name that Kafka
+        would reject.
         """
         matched = self.route_for(event) if is_safe_event_name(event) else None
         if matched is None:
@@ -408,8 +415,8 @@ class SourceConfig(_Model):
 
     Several secrets are valid at once, so a secret can be rotated without a
     window of rejected deliveries. With ``allowed_event_types`` or
-    ``allowed_business_ids`` set, an authentic event outside them is answered
-    200 and not published.
+    ``allowed_business_ids`` set, an authentic event outside them gets a 200
+    response and is not published.
     """
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -433,7 +440,7 @@ class SourceConfig(_Model):
     @classmethod
     def _drop_empty_secrets(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
         # An empty entry is skipped, so `${NEXT_SECRET:-}` can stand for a rotation
-        # secret that is not set; an empty HMAC key would accept forged deliveries.
+        # secret that is not set. An empty HMAC key would make forging deliveries easy.
         secrets = tuple(secret for secret in value if secret.get_secret_value())
         if not secrets:
             raise ValueError(

@@ -92,7 +92,7 @@ class WebhookHandler:
             routed = route_event(envelope, body, source, routing, received_at)
             if routed.drop_reason is not None:
                 log.info(
-                    "not publishing an authentic event: source=%s event_id=%s event=%s reason=%s",
+                    "not publishing an authentic event: source=%s event_id=%r event=%r reason=%s",
                     source.name,
                     event_id,
                     envelope.event,

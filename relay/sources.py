@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from relay.config import SourceConfig, event_matches
 from relay.envelope import Envelope
 
-# Where a TaskNation payload names the business that the event belongs to.
+# Field of a TaskNation payload's `data` that contains the ID of the business.
 BUSINESS_ID_FIELD = "businessID"
 
 NOT_ALLOWED_EVENT_TYPE = "event_type_not_allowed"

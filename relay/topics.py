@@ -33,7 +33,7 @@ TopicOutcome = Literal["created", "exists", "failed"]
 
 @dataclass(frozen=True, slots=True)
 class TopicResult:
-    """What ``ensure_topics`` did with one topic.
+    """Outcome of ``ensure_topics`` for one topic.
 
     ``partitions`` and ``replication_factor`` are the configured values for a
     created topic and the cluster's values for an existing one. ``detail``
@@ -51,8 +51,8 @@ async def ensure_topics(config: RelayConfig, timeout_s: float) -> list[TopicResu
     """Create each topic the relay writes to that does not exist yet.
 
     Raises ``TopicAdminError`` when Kafka cannot be reached or does not
-    answer within ``timeout_s``; a topic that Kafka refuses to create is a
-    ``failed`` result instead.
+    respond within ``timeout_s``. A topic that Kafka rejects is a ``failed``
+    result instead.
     """
     topics = config.writable_topics()
     try:
@@ -62,7 +62,7 @@ async def ensure_topics(config: RelayConfig, timeout_s: float) -> list[TopicResu
             created = await _create(admin, config.routing, missing) if missing else {}
     except TimeoutError:
         raise TopicAdminError(
-            f"Kafka at {config.kafka.bootstrap_servers} did not answer within {timeout_s} s"
+            f"Kafka at {config.kafka.bootstrap_servers} did not respond within {timeout_s} s"
         ) from None
     except KafkaError as exc:
         raise TopicAdminError(
@@ -85,14 +85,14 @@ async def find_missing_topics(
     """Return the topics among ``topics`` that do not exist, in the given order.
 
     Raises ``TopicAdminError`` when Kafka cannot be reached or does not
-    answer within ``timeout_s``.
+    respond within ``timeout_s``.
     """
     try:
         async with asyncio.timeout(timeout_s), _admin_client(kafka) as admin:
             existing = set(await admin.list_topics())
     except TimeoutError:
         raise TopicAdminError(
-            f"Kafka at {kafka.bootstrap_servers} did not answer within {timeout_s} s"
+            f"Kafka at {kafka.bootstrap_servers} did not respond within {timeout_s} s"
         ) from None
     except KafkaError as exc:
         raise TopicAdminError(
@@ -102,7 +102,7 @@ async def find_missing_topics(
 
 
 def topic_check(config: RelayConfig) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Return a ``cleanup_ctx`` entry that logs missing topics once Kafka answers.
+    """Return a ``cleanup_ctx`` entry that logs missing topics once Kafka responds.
 
     The check runs in the background, so the relay serves while Kafka is
     unreachable, and it is cancelled when the application stops.
@@ -118,7 +118,7 @@ def topic_check(config: RelayConfig) -> Callable[[web.Application], AsyncIterato
 
 
 async def log_missing_topics(config: RelayConfig) -> list[str]:
-    """Look up the relay's topics until Kafka answers, then log and return the missing ones."""
+    """Look up the relay's topics until Kafka responds, then log and return the missing ones."""
     topics = config.writable_topics()
     timeout_s = config.kafka.request_timeout_ms / 1000
     backoff_s = config.kafka.reconnect_backoff_s

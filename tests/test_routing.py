@@ -255,11 +255,11 @@ def test_event_type_allow_list() -> None:
     config = make_routing_config({}, allowed_event_types=["lead.*", "payment.received"])
 
     allowed = route(config, make_body("lead.expired", leadID="L1"))
-    refused = route(config, make_body("review.created", leadID="L1"))
+    excluded = route(config, make_body("review.created", leadID="L1"))
 
     assert [record.topic for record in allowed.records] == ["tasknation.lead.expired"]
-    assert refused.records == ()
-    assert refused.drop_reason == NOT_ALLOWED_EVENT_TYPE
+    assert excluded.records == ()
+    assert excluded.drop_reason == NOT_ALLOWED_EVENT_TYPE
 
 
 def test_business_id_allow_list() -> None:
