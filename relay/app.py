@@ -11,6 +11,7 @@ from relay.config import RelayConfig
 from relay.delivery import Publisher
 from relay.handler import Clock, WebhookHandler, utc_now
 from relay.sources import SourceTable
+from relay.topics import topic_check
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
     app.router.add_get("/readyz", _readyz)
 
     app.cleanup_ctx.append(_publisher_lifetime)
+    app.cleanup_ctx.append(topic_check(config))
     return app
 
 
@@ -41,11 +43,11 @@ async def _publisher_lifetime(app: web.Application) -> AsyncIterator[None]:
     publisher = app[PUBLISHER_KEY]
     await publisher.start()
     log.info(
-        "relay serving %s on %s:%d; topics %s<event>; Kafka at %s",
+        "relay serving %s on %s:%d; %d routes; Kafka at %s",
         ", ".join(source.path for source in config.sources),
         config.server.host,
         config.server.port,
-        config.routing.topic_prefix,
+        len(config.routing.routes),
         config.kafka.bootstrap_servers,
     )
     yield

@@ -8,19 +8,24 @@ kept as ``SecretStr`` so they never appear in ``repr``, logs or errors.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -35,8 +40,161 @@ DEFAULT_MAX_BODY_BYTES = 512 * 1024
 DEFAULT_MAX_REQUEST_SIZE = 1024 * 1024
 RECORD_OVERHEAD_BYTES = 16 * 1024
 
+# The event types that TaskNation documents. `check-config` and `topics ensure` expand
+# `{event}` over these unless `routing.event_types` lists others.
+TASKNATION_EVENT_TYPES = (
+    "lead.created",
+    "lead.updated",
+    "lead.expired",
+    "message.received",
+    "booking.confirmed",
+    "booking.cancelled",
+    "review.created",
+    "payment.received",
+)
+DEFAULT_TOPIC_PREFIX = "tasknation."
+
+# Kafka's rule for topic names: at most 249 characters of [A-Za-z0-9._-], not "." or "..".
+MAX_TOPIC_NAME_CHARS = 249
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]*$")
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
+TEMPLATE_FIELDS = ("event", "source")
+_KEY_PATH = re.compile(r"^(id|event|data(\.[^.\s]+)+)$")
+_TOPIC_CONFIG_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+# Kafka stores the partition count as a 32-bit and the replication factor as a 16-bit integer.
+# The partition bound is far lower, because more partitions on one topic are most likely a typo.
+MAX_PARTITIONS = 10_000
+MAX_REPLICATION_FACTOR = 32_767
+
 _ENV_REFERENCE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_WORDS = ("secret", "password", "token")
+_BUSINESS_ID = re.compile(r"^\S{1,256}$")
+
+
+def is_valid_topic_name(name: str) -> bool:
+    return bool(_TOPIC_NAME.match(name)) and name not in (".", "..")
+
+
+def is_safe_event_name(event: str) -> bool:
+    """Check whether an event type may appear in a topic name, which it may if it is one."""
+    return is_valid_topic_name(event)
+
+
+def event_matches(pattern: str, event: str) -> bool:
+    """Match an event type against a glob: ``*`` is any run of characters, ``?`` one character.
+
+    Matching is case-sensitive, and ``*`` also matches dots, so ``lead.*``
+    matches ``lead.created`` and ``*`` matches every event type.
+    """
+    return _compile_glob(pattern).fullmatch(event) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_glob(pattern: str) -> re.Pattern[str]:
+    parts = []
+    for char in pattern:
+        if char == "*":
+            parts.append(".*")
+        elif char == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _check_event_pattern(value: str) -> str:
+    if not value or not _TOPIC_CHARS.match(value.replace("*", "").replace("?", "")):
+        raise ValueError(
+            f"invalid event pattern {value!r}: expected an event type such as 'lead.created' "
+            "or a glob such as 'lead.*' (A-Z a-z 0-9 . _ - with * and ?)"
+        )
+    return value
+
+
+def _check_topic_template(value: str) -> str:
+    for name in _TEMPLATE_FIELD.findall(value):
+        if name not in TEMPLATE_FIELDS:
+            raise ValueError(
+                f"invalid topic {value!r}: unknown field {{{name}}}; "
+                "expected {event} or {source}"
+            )
+    literal = _TEMPLATE_FIELD.sub("", value)
+    if not value or not _TOPIC_CHARS.match(literal):
+        raise ValueError(
+            f"invalid topic {value!r}: expected a topic name of A-Z a-z 0-9 . _ - "
+            "that may contain {event} and {source}"
+        )
+    if literal == value and not is_valid_topic_name(value):
+        raise ValueError(
+            f"invalid topic {value!r}: expected at most {MAX_TOPIC_NAME_CHARS} characters "
+            "and neither '.' nor '..'"
+        )
+    return value
+
+
+def _check_topic_name(value: str) -> str:
+    if not is_valid_topic_name(value):
+        raise ValueError(
+            f"invalid topic name {value!r}: expected at most {MAX_TOPIC_NAME_CHARS} characters "
+            "of A-Z a-z 0-9 . _ -, and neither '.' nor '..'"
+        )
+    return value
+
+
+def _check_key_path(value: str) -> str:
+    if not _KEY_PATH.match(value):
+        raise ValueError(
+            f"invalid key path {value!r}: expected 'id', 'event' or a dotted path into "
+            "the payload's data such as 'data.leadID'"
+        )
+    return value
+
+
+def _check_business_id(value: str) -> str:
+    if not _BUSINESS_ID.match(value):
+        raise ValueError(
+            f"invalid business ID {value!r}: expected 1 to 256 characters without spaces"
+        )
+    return value
+
+
+def _wrap_string(value: object) -> object:
+    """Accept a single string where a list is expected, as YAML users often write one."""
+    return [value] if isinstance(value, str) else value
+
+
+def _number_to_string(value: object) -> object:
+    """Turn a YAML integer into its decimal string; a float would have lost digits already."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        raise ValueError(f"{value!r} is a float; quote the value to keep every digit")
+    return value
+
+
+def _config_value_to_string(value: object) -> object:
+    """Write a topic config value as Kafka expects it: ``true``/``false`` and plain numbers."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _check_topic_config_name(value: str) -> str:
+    if not _TOPIC_CONFIG_NAME.match(value):
+        raise ValueError(
+            f"invalid topic config name {value!r}: expected a name such as 'retention.ms'"
+        )
+    return value
+
+
+TopicConfigName = Annotated[str, AfterValidator(_check_topic_config_name)]
+TopicConfigValue = Annotated[str, BeforeValidator(_config_value_to_string)]
+BusinessId = Annotated[str, BeforeValidator(_number_to_string), AfterValidator(_check_business_id)]
 
 
 class _Model(BaseModel):
@@ -78,8 +236,8 @@ class KafkaSslConfig(_Model):
 
     @field_validator("key_password", mode="before")
     @classmethod
-    def _resolve_key_password(cls, value: object) -> object:
-        return _resolve_secret(value)
+    def _resolve_key_password(cls, value: object, info: ValidationInfo) -> object:
+        return _resolve_secret(value, _environ(info))
 
     @model_validator(mode="after")
     def _check_loadable(self) -> KafkaSslConfig:
@@ -101,8 +259,8 @@ class KafkaSaslConfig(_Model):
 
     @field_validator("password", mode="before")
     @classmethod
-    def _resolve_password(cls, value: object) -> object:
-        return _resolve_secret(value)
+    def _resolve_password(cls, value: object, info: ValidationInfo) -> object:
+        return _resolve_secret(value, _environ(info))
 
     @field_validator("password")
     @classmethod
@@ -167,40 +325,228 @@ class KafkaConfig(_Model):
         return ",".join(servers)
 
 
-class RoutingConfig(_Model):
-    """Where records go and which payload fields become the record key."""
+ContentMode = Literal["binary", "structured"]
 
-    topic_prefix: str = "tasknation."
-    unrouted_topic: str = "tasknation.unrouted"
-    dead_letter_topic: str = "tasknation.deadletter"
-    key_paths: tuple[str, ...] = ("data.leadID", "data.businessID", "id")
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """The topics, record key paths and CloudEvents content mode of one event type.
+
+    ``route_index`` is None for the unrouted topic. No topics means that the
+    matching route drops the event.
+    """
+
+    route_index: int | None
+    topics: tuple[str, ...]
+    key_paths: tuple[str, ...]
+    content_mode: ContentMode
+
+
+EventPattern = Annotated[str, AfterValidator(_check_event_pattern)]
+TopicTemplate = Annotated[str, AfterValidator(_check_topic_template)]
+KeyPath = Annotated[str, AfterValidator(_check_key_path)]
+TopicName = Annotated[str, AfterValidator(_check_topic_name)]
+
+
+class RouteConfig(_Model):
+    """One routing rule: the event types it matches and the topics it writes to."""
+
+    events: tuple[EventPattern, ...] = Field(min_length=1)
+    topics: tuple[TopicTemplate, ...] = ()
+    drop: bool = False
+    key_paths: tuple[KeyPath, ...] | None = None
+    content_mode: ContentMode | None = None
+
+    _wrap_single_values = field_validator("events", "topics", "key_paths", mode="before")(
+        _wrap_string
+    )
+
+    @model_validator(mode="after")
+    def _check_action(self) -> RouteConfig:
+        if self.drop and (self.topics or self.key_paths is not None or self.content_mode):
+            raise ValueError("a route with drop: true takes no topics, key_paths or content_mode")
+        if not self.drop and not self.topics:
+            raise ValueError("expected topics (one or more topic names) or drop: true")
+        return self
+
+    def matches(self, event: str) -> bool:
+        return any(event_matches(pattern, event) for pattern in self.events)
+
+    def render_topics(self, event: str, source: str) -> tuple[str, ...]:
+        """Return the route's topic names for one event, in order and without repeats."""
+        rendered = (
+            template.replace("{event}", event).replace("{source}", source)
+            for template in self.topics
+        )
+        return tuple(dict.fromkeys(rendered))
+
+
+class TopicSettings(_Model):
+    """Partitions, replication factor and topic configs for ``relay topics ensure``."""
+
+    partitions: int = Field(default=1, ge=1, le=MAX_PARTITIONS)
+    replication_factor: int = Field(default=1, ge=1, le=MAX_REPLICATION_FACTOR)
+    configs: dict[TopicConfigName, TopicConfigValue] = Field(default_factory=dict)
+
+
+class TopicOverride(_Model):
+    """Settings of one topic that replace ``routing.topic_defaults``, with configs merged."""
+
+    partitions: int | None = Field(default=None, ge=1, le=MAX_PARTITIONS)
+    replication_factor: int | None = Field(default=None, ge=1, le=MAX_REPLICATION_FACTOR)
+    configs: dict[TopicConfigName, TopicConfigValue] = Field(default_factory=dict)
+
+
+class RoutingConfig(_Model):
+    """Routes, record key paths, CloudEvents content mode and topic settings.
+
+    Without ``routes``, one route sends every event to ``topic_prefix`` + the
+    event type. With ``routes``, the first route whose ``events`` patterns
+    match the event type decides, and an event that no route matches goes to
+    ``unrouted_topic``.
+    """
+
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    routes: tuple[RouteConfig, ...] = Field(min_length=1)
+    unrouted_topic: TopicName = "tasknation.unrouted"
+    dead_letter_topic: TopicName = "tasknation.deadletter"
+    key_paths: tuple[KeyPath, ...] = ("data.leadID", "data.businessID", "id")
+    content_mode: ContentMode = "binary"
+    event_types: tuple[str, ...] = Field(default=TASKNATION_EVENT_TYPES, min_length=1)
+    topic_defaults: TopicSettings = TopicSettings()
+    topic_overrides: dict[TopicName, TopicOverride] = Field(default_factory=dict)
+
+    _wrap_single_values = field_validator("key_paths", "event_types", mode="before")(_wrap_string)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _add_default_route(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        if "routes" in data and "topic_prefix" in data:
+            raise ValueError(
+                "topic_prefix applies only when routes is not set; "
+                "write the prefix into the topics of the routes instead"
+            )
+        if "routes" in data:
+            return data
+        prefix = data.get("topic_prefix", DEFAULT_TOPIC_PREFIX)
+        if not isinstance(prefix, str) or not _TOPIC_CHARS.match(prefix):
+            # The topic_prefix check reports the invalid value; the route uses the default.
+            prefix = DEFAULT_TOPIC_PREFIX
+        return {**data, "routes": [{"events": ["*"], "topics": [prefix + "{event}"]}]}
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_topic_prefix(cls, value: str) -> str:
+        if not _TOPIC_CHARS.match(value) or len(value) >= MAX_TOPIC_NAME_CHARS:
+            raise ValueError(
+                f"invalid topic prefix {value!r}: expected at most "
+                f"{MAX_TOPIC_NAME_CHARS - 1} characters of A-Z a-z 0-9 . _ -"
+            )
+        return value
+
+    @field_validator("event_types")
+    @classmethod
+    def _check_event_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for event in value:
+            if not is_safe_event_name(event):
+                raise ValueError(
+                    f"invalid event type {event!r}: expected a valid Kafka topic name "
+                    "(A-Z a-z 0-9 . _ -, at most 249 characters)"
+                )
+        return value
+
+    def route_for(self, event: str) -> tuple[int, RouteConfig] | None:
+        """Return the first route that matches ``event`` and its index, or None."""
+        for index, route in enumerate(self.routes):
+            if route.matches(event):
+                return index, route
+        return None
+
+    def destination(self, event: str, source: str) -> Destination:
+        """Return where an event of type ``event`` from ``source`` is written.
+
+        An event type that is not a safe topic name, or that no route matches,
+        goes to the unrouted topic. So does each rendered topic name that Kafka
+        would reject.
+        """
+        matched = self.route_for(event) if is_safe_event_name(event) else None
+        if matched is None:
+            return Destination(None, (self.unrouted_topic,), self.key_paths, self.content_mode)
+
+        index, route = matched
+        topics = (
+            topic if is_valid_topic_name(topic) else self.unrouted_topic
+            for topic in route.render_topics(event, source)
+        )
+        return Destination(
+            route_index=index,
+            topics=tuple(dict.fromkeys(topics)),
+            key_paths=self.key_paths if route.key_paths is None else route.key_paths,
+            content_mode=route.content_mode or self.content_mode,
+        )
+
+    def settings_for(self, topic: str) -> TopicSettings:
+        """Return the creation settings of ``topic``: the defaults with its override applied."""
+        override = self.topic_overrides.get(topic)
+        if override is None:
+            return self.topic_defaults
+        defaults = self.topic_defaults
+        return TopicSettings(
+            partitions=override.partitions or defaults.partitions,
+            replication_factor=override.replication_factor or defaults.replication_factor,
+            configs={**defaults.configs, **override.configs},
+        )
 
 
 class SourceConfig(_Model):
-    """One webhook endpoint: its path, signature header and valid secrets."""
+    """One webhook endpoint: its path, signature header, valid secrets and allow-lists.
+
+    Several secrets are valid at once, so a secret can be rotated without a
+    window of rejected deliveries. With ``allowed_event_types`` or
+    ``allowed_business_ids`` set, an authentic event outside them gets a 200
+    response and is not published.
+    """
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     path: str = Field(pattern=r"^/[A-Za-z0-9/_.-]*$")
-    signature_header: str = Field(default="X-TaskNation-Signature", min_length=1)
+    signature_header: str = Field(
+        default="X-TaskNation-Signature", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$"
+    )
     secrets: tuple[SecretStr, ...] = Field(min_length=1)
+    allowed_event_types: tuple[EventPattern, ...] | None = Field(default=None, min_length=1)
+    allowed_business_ids: frozenset[BusinessId] | None = Field(default=None, min_length=1)
 
     @field_validator("secrets", mode="before")
     @classmethod
-    def _resolve_secrets(cls, value: object) -> object:
+    def _resolve_secrets(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, list):
             return value
-        return [_resolve_secret(entry) for entry in value]
+        environ = _environ(info)
+        return [_resolve_secret(entry, environ) for entry in value]
 
     @field_validator("secrets")
     @classmethod
-    def _check_secrets(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
-        for secret in value:
-            if not secret.get_secret_value():
-                raise ValueError("a webhook secret must not be empty")
-        return value
+    def _drop_empty_secrets(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        # An empty entry is skipped, so `${NEXT_SECRET:-}` can stand for a rotation
+        # secret that is not set. An empty HMAC key would make forging deliveries easy.
+        secrets = tuple(secret for secret in value if secret.get_secret_value())
+        if not secrets:
+            raise ValueError(
+                "every webhook secret is empty; expected at least one non-empty secret"
+            )
+        return secrets
+
+    _wrap_single_values = field_validator("allowed_event_types", mode="before")(_wrap_string)
 
     def secret_bytes(self) -> tuple[bytes, ...]:
         return tuple(secret.get_secret_value().encode() for secret in self.secrets)
+
+    def allows_event_type(self, event: str) -> bool:
+        if self.allowed_event_types is None:
+            return True
+        return any(event_matches(pattern, event) for pattern in self.allowed_event_types)
 
 
 class RelayConfig(_Model):
@@ -208,7 +554,7 @@ class RelayConfig(_Model):
 
     server: ServerConfig = ServerConfig()
     kafka: KafkaConfig
-    routing: RoutingConfig = RoutingConfig()
+    routing: RoutingConfig = Field(default_factory=lambda: RoutingConfig.model_validate({}))
     sources: tuple[SourceConfig, ...] = Field(min_length=1)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -228,6 +574,34 @@ class RelayConfig(_Model):
                 "raise kafka.max_request_size or lower server.max_body_bytes"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_topic_overrides(self) -> RelayConfig:
+        writable = set(self.writable_topics())
+        unknown = sorted(topic for topic in self.routing.topic_overrides if topic not in writable)
+        if unknown:
+            raise ValueError(
+                f"routing.topic_overrides: {unknown} are not topics that the relay writes to; "
+                f"expected some of {sorted(writable)}"
+            )
+        return self
+
+    def writable_topics(self) -> tuple[str, ...]:
+        """Return every topic the relay can write to, in a stable order.
+
+        ``{event}`` expands over ``routing.event_types`` and ``{source}`` over
+        the sources. An event type outside ``event_types`` that a route sends
+        to ``{event}`` writes to a topic that is not listed here.
+        """
+        routing = self.routing
+        topics: dict[str, None] = {}
+        for source in self.sources:
+            for event in routing.event_types:
+                if source.allows_event_type(event):
+                    topics.update(dict.fromkeys(routing.destination(event, source.name).topics))
+        topics[routing.unrouted_topic] = None
+        topics[routing.dead_letter_topic] = None
+        return tuple(topics)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> RelayConfig:
@@ -251,14 +625,18 @@ def parse_config(
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source_name}: invalid YAML: {exc}") from None
+        hint = ""
+        if "alias" in str(exc):
+            # YAML reads an unquoted leading '*' as an alias, a common slip in event globs.
+            hint = "\nquote a value that starts with '*', for example events: ['*']"
+        raise ConfigError(f"{source_name}: invalid YAML: {exc}{hint}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"{source_name}: expected a mapping at the top level")
 
     environment = os.environ if environ is None else environ
     document = _interpolate(document, environment, source_name, "")
     try:
-        return RelayConfig.model_validate(document)
+        return RelayConfig.model_validate(document, context={"environ": environment})
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, source_name)) from None
 
@@ -293,7 +671,7 @@ def _interpolate(value: Any, environ: Mapping[str, str], source_name: str, path:
     return _ENV_REFERENCE.sub(replace, value)
 
 
-def _resolve_secret(entry: object) -> object:
+def _resolve_secret(entry: object, environ: Mapping[str, str]) -> object:
     """Turn ``{env: NAME}`` or ``{file: PATH}`` into the secret string it names.
 
     Any other value is returned unchanged for the field's own validation.
@@ -302,9 +680,9 @@ def _resolve_secret(entry: object) -> object:
         return entry
     if set(entry) == {"env"} and isinstance(entry["env"], str):
         name = entry["env"]
-        if name not in os.environ:
+        if name not in environ:
             raise ValueError(f"environment variable {name} is not set")
-        return os.environ[name]
+        return environ[name]
     if set(entry) == {"file"} and isinstance(entry["file"], str):
         try:
             content = Path(entry["file"]).read_text(encoding="utf-8")
@@ -315,20 +693,44 @@ def _resolve_secret(entry: object) -> object:
     raise ValueError("expected a string, {env: NAME} or {file: PATH}")
 
 
+def _environ(info: ValidationInfo) -> Mapping[str, str]:
+    """Return the environment that ``parse_config`` validates against."""
+    environ: Mapping[str, str] = (info.context or {}).get("environ", os.environ)
+    return environ
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
 def _describe_validation_error(exc: ValidationError, source_name: str) -> str:
     lines = [f"{source_name}: invalid configuration:"]
-    for error in exc.errors():
+    errors = exc.errors()
+    locations = [error["loc"] for error in errors]
+    for error in errors:
+        loc = error["loc"]
+        if error["type"] == "too_short" and any(
+            other[: len(loc)] == loc and len(other) > len(loc) for other in locations
+        ):
+            # A list whose items failed is also "too short"; the item errors say why.
+            continue
         location = ""
-        for part in error["loc"]:
+        for part in loc:
             location = f"{location}[{part}]" if isinstance(part, int) else _join(location, part)
         message = error["msg"].removeprefix("Value error, ")
-        line = f"  {location or '(top level)'}: {message}"
-        is_secret = any(word in location.lower() for word in _SECRET_WORDS)
-        if error["type"] not in ("missing", "value_error") and not is_secret:
-            line += f" (got {error['input']!r:.80})"
-        lines.append(line)
+        # Errors of the whole model start with the YAML path they concern.
+        line = f"  {location}: {message}" if location else f"  {message}"
+        lines.append(line + _describe_input(error["type"], location, error["input"]))
     return "\n".join(lines)
+
+
+def _describe_input(error_type: str, location: str, value: object) -> str:
+    """Return `` (got VALUE)`` for a scalar input that is safe to show, else an empty string.
+
+    A list or mapping may contain a secret further down, so only scalars are shown.
+    """
+    if error_type in ("missing", "value_error") or isinstance(value, dict | list | tuple):
+        return ""
+    if any(word in location.lower() for word in _SECRET_WORDS):
+        return ""
+    return f" (got {value!r:.80})"

@@ -74,3 +74,7 @@ class DeliveryUnavailable(Rejection):
     status = 503
     reason = "kafka_unavailable"
     retriable = True
+
+
+class TopicAdminError(RelayError):
+    """A topic lookup or creation on Kafka could not be completed."""

@@ -88,9 +88,21 @@ class WebhookHandler:
                 exc.detail,
             )
         else:
-            status = "published"
             event_id = envelope.id
-            records = route_event(envelope, body, source, routing, received_at)
+            routed = route_event(envelope, body, source, routing, received_at)
+            if routed.drop_reason is not None:
+                log.info(
+                    "not publishing an authentic event: source=%s event_id=%r event=%r reason=%s",
+                    source.name,
+                    event_id,
+                    envelope.event,
+                    routed.drop_reason,
+                )
+                return _json(
+                    200, {"status": "dropped", "id": event_id, "reason": routed.drop_reason}
+                )
+            status = "published"
+            records = list(routed.records)
 
         try:
             async with asyncio.timeout_at(deadline):

@@ -1,28 +1,34 @@
-"""Routing of an event to Kafka records: topics, record key and headers.
+"""Routing of an event to Kafka records: topics, record key, headers and value.
 
-Headers follow the CloudEvents Kafka protocol binding, binary content mode
-(CloudEvents 1.0): the record value is the body as received and the event
-attributes travel as ``ce_*`` headers.
+Headers follow the CloudEvents Kafka protocol binding (CloudEvents 1.0). In
+binary content mode, the default, the record value is the body as received
+and the event attributes travel as ``ce_*`` headers. In structured content
+mode the value is a CloudEvents JSON event whose ``data`` member is the body,
+spliced in byte for byte.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from relay.config import RoutingConfig
+import orjson
+
+from relay.config import ContentMode, RoutingConfig
 from relay.envelope import Envelope
 from relay.sources import Source
-
-# Kafka's rule for topic names: at most 249 characters of [A-Za-z0-9._-], not "." or "..".
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 HEADER_SOURCE = "relay_source"
 HEADER_RECEIVED_AT = "relay_received_at"
 HEADER_DEAD_LETTER_REASON = "relay_dead_letter_reason"
 HEADER_DEAD_LETTER_DETAIL = "relay_dead_letter_detail"
+
+BINARY_CONTENT_TYPE = b"application/json"
+STRUCTURED_CONTENT_TYPE = b"application/cloudevents+json; charset=UTF-8"
+_BINARY_ATTRIBUTE_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time")
+
+DROPPED_BY_ROUTE = "dropped_by_route"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,31 +41,54 @@ class Record:
     headers: tuple[tuple[str, bytes], ...]
 
 
-def is_valid_topic_name(name: str) -> bool:
-    return bool(_TOPIC_NAME.match(name)) and name not in (".", "..")
+@dataclass(frozen=True, slots=True)
+class RoutedEvent:
+    """The records of one event, or the reason why none are published."""
+
+    records: tuple[Record, ...]
+    drop_reason: str | None = None
+
+
+def header_names(content_mode: ContentMode) -> tuple[str, ...]:
+    """Return the names of the headers that an event record gets in ``content_mode``."""
+    if content_mode == "binary":
+        return (*_BINARY_ATTRIBUTE_HEADERS, "content-type", HEADER_SOURCE, HEADER_RECEIVED_AT)
+    return ("content-type", HEADER_SOURCE, HEADER_RECEIVED_AT)
 
 
 def route_event(
     envelope: Envelope, body: bytes, source: Source, routing: RoutingConfig, received_at: datetime
-) -> list[Record]:
-    """Return the records for one authentic, well-formed event."""
-    topic = routing.topic_prefix + envelope.event
-    if not is_valid_topic_name(topic):
-        # An event name never becomes a topic name that Kafka would reject or misread.
-        topic = routing.unrouted_topic
+) -> RoutedEvent:
+    """Return the records for one authentic, well-formed event.
 
-    headers = (
-        ("ce_specversion", b"1.0"),
-        ("ce_id", envelope.id.encode()),
-        ("ce_source", f"/tasknation/{source.name}".encode()),
-        ("ce_type", envelope.event.encode()),
-        ("ce_time", envelope.timestamp.isoformat().encode()),
-        ("content-type", b"application/json"),
+    No records are returned, with a reason, when the source's allow-lists
+    exclude the event or the matching route drops it.
+    """
+    disallow_reason = source.disallow_reason(envelope)
+    if disallow_reason is not None:
+        return RoutedEvent(records=(), drop_reason=disallow_reason)
+
+    destination = routing.destination(envelope.event, source.name)
+    if not destination.topics:
+        return RoutedEvent(records=(), drop_reason=DROPPED_BY_ROUTE)
+
+    key = record_key(envelope, destination.key_paths)
+    relay_headers = (
         (HEADER_SOURCE, source.name.encode()),
         (HEADER_RECEIVED_AT, received_at.isoformat().encode()),
     )
-    key = record_key(envelope, routing.key_paths)
-    return [Record(topic=topic, key=key, value=body, headers=headers)]
+    headers: tuple[tuple[str, bytes], ...]
+    if destination.content_mode == "structured":
+        value = _structured_value(envelope, body, source)
+        headers = (("content-type", STRUCTURED_CONTENT_TYPE), *relay_headers)
+    else:
+        value = body
+        headers = (*_binary_headers(envelope, source), *relay_headers)
+
+    records = tuple(
+        Record(topic=topic, key=key, value=value, headers=headers) for topic in destination.topics
+    )
+    return RoutedEvent(records=records)
 
 
 def route_dead_letter(
@@ -85,7 +114,7 @@ def record_key(envelope: Envelope, key_paths: tuple[str, ...]) -> bytes | None:
 
     A path is dotted (``data.leadID``) and starts at the envelope's top level.
     Floats, booleans, objects and empty strings are skipped, because they make
-    poor partition keys.
+    poor partition keys. None means a record without a key.
     """
     document: dict[str, Any] = {
         "id": envelope.id,
@@ -108,3 +137,33 @@ def _lookup(document: dict[str, Any], path: str) -> object:
             return None
         value = value.get(part)
     return value
+
+
+def _attributes(envelope: Envelope, source: Source) -> tuple[tuple[str, str], ...]:
+    """Return the CloudEvents context attributes of an event, in the spec's order."""
+    return (
+        ("specversion", "1.0"),
+        ("id", envelope.id),
+        ("source", f"/tasknation/{source.name}"),
+        ("type", envelope.event),
+        ("time", envelope.timestamp.isoformat()),
+    )
+
+
+def _binary_headers(envelope: Envelope, source: Source) -> tuple[tuple[str, bytes], ...]:
+    attribute_headers = tuple(
+        (f"ce_{name}", value.encode()) for name, value in _attributes(envelope, source)
+    )
+    return (*attribute_headers, ("content-type", BINARY_CONTENT_TYPE))
+
+
+def _structured_value(envelope: Envelope, body: bytes, source: Source) -> bytes:
+    """Return a CloudEvents JSON event whose ``data`` is ``body`` byte for byte.
+
+    The body was parsed as a JSON object before, so splicing it in keeps the
+    document valid JSON, and numbers wider than 64 bits stay exact.
+    """
+    attributes: dict[str, str] = dict(_attributes(envelope, source))
+    attributes["datacontenttype"] = "application/json"
+    head = orjson.dumps(attributes)
+    return head[:-1] + b',"data":' + body + b"}"

@@ -46,7 +46,10 @@ async def wait_ready(session: aiohttp.ClientSession, base: str, timeout_s: float
 async def test_serve_publishes_and_stops_on_sigterm(kafka_bootstrap, topic_prefix, tmp_path):
     config = tmp_path / "relay.yaml"
     example = (REPO / "config" / "relay.yaml").read_text()
-    config.write_text(example.replace("topic_prefix: tasknation.", f"topic_prefix: {topic_prefix}"))
+    # Every topic name in the example starts with "tasknation." or "billing.".
+    config.write_text(
+        example.replace("tasknation.", topic_prefix).replace("billing.", f"{topic_prefix}billing.")
+    )
     port = free_port()
     process = start_relay(
         config,

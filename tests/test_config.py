@@ -70,9 +70,7 @@ def test_wrong_type_names_key_and_value() -> None:
 
 
 def test_empty_secret_rejected() -> None:
-    with pytest.raises(
-        ConfigError, match=r"sources\[0\]\.secrets: a webhook secret must not be empty"
-    ):
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.secrets: every webhook secret is empty"):
         parse_config(MINIMAL, environ={**ENV, "SECRET": ""})
 
 
@@ -115,3 +113,181 @@ def test_invalid_yaml_rejected() -> None:
 def test_missing_file_named(tmp_path) -> None:
     with pytest.raises(ConfigError, match="cannot read the configuration file"):
         load_config(tmp_path / "absent.yaml")
+
+
+def with_routing(routing: str) -> str:
+    return MINIMAL + "routing:\n" + routing
+
+
+@pytest.mark.parametrize(
+    ("routing", "message"),
+    [
+        (
+            "  routes:\n    - events: lead.*\n      topics: ['t.{lead}']\n",
+            r"routing\.routes\[0\]\.topics\[0\]: invalid topic 't\.\{lead\}': unknown field",
+        ),
+        (
+            "  routes:\n    - events: lead.*\n      topics: ['t/x']\n",
+            r"routing\.routes\[0\]\.topics\[0\]: invalid topic 't/x': expected a topic name",
+        ),
+        (
+            "  routes:\n    - events: lead.*\n      topics: ['..']\n",
+            r"routing\.routes\[0\]\.topics\[0\]: invalid topic '\.\.': .*neither",
+        ),
+        (
+            "  routes:\n    - events: 'lead created'\n      topics: [t]\n",
+            r"routing\.routes\[0\]\.events\[0\]: invalid event pattern 'lead created'",
+        ),
+        (
+            "  routes:\n    - events: lead.*\n",
+            r"routing\.routes\[0\]: expected topics \(one or more topic names\) or drop: true",
+        ),
+        (
+            "  routes:\n    - events: lead.*\n      topics: [t]\n      drop: true\n",
+            r"routing\.routes\[0\]: a route with drop: true takes no topics",
+        ),
+        (
+            "  routes:\n    - events: lead.*\n      topics: [t]\n      colour: red\n",
+            r"routing\.routes\[0\]\.colour: Extra inputs are not permitted \(got 'red'\)",
+        ),
+        ("  routes: []\n", r"routing\.routes: .*at least 1 item"),
+        (
+            "  topic_prefix: a.\n  routes:\n    - events: '*'\n      topics: [t]\n",
+            r"routing: topic_prefix applies only when routes is not set",
+        ),
+        ("  topic_prefix: 'a/'\n", r"routing\.topic_prefix: invalid topic prefix 'a/'"),
+        ("  unrouted_topic: 'a b'\n", r"routing\.unrouted_topic: invalid topic name 'a b'"),
+        ("  key_paths: [leadID]\n", r"routing\.key_paths\[0\]: invalid key path 'leadID'"),
+        (
+            "  content_mode: json\n",
+            r"routing\.content_mode: Input should be 'binary' or 'structured' \(got 'json'\)",
+        ),
+        (
+            "  event_types: [lead.created, 'lead/x']\n",
+            r"routing\.event_types: invalid event type 'lead/x'",
+        ),
+        (
+            "  topic_defaults: {partitions: 0}\n",
+            r"routing\.topic_defaults\.partitions: .*greater than or equal to 1 \(got 0\)",
+        ),
+        (
+            "  topic_defaults: {configs: {'retention ms': 1}}\n",
+            r"invalid topic config name 'retention ms'",
+        ),
+        (
+            "  topic_overrides: {tasknation.leads: {partitions: 3}}\n",
+            r"routing\.topic_overrides: \['tasknation\.leads'\] are not topics that the relay "
+            r"writes to; expected some of \[.*'tasknation\.lead\.created'",
+        ),
+    ],
+)
+def test_invalid_routing_names_path(routing: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(with_routing(routing), environ=ENV)
+
+
+def test_item_errors_hide_length_error() -> None:
+    text = with_routing("  routes:\n    - events: lead.*\n      topics: ['t/x']\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ=ENV)
+    assert "at least 1 item" not in str(caught.value)
+
+
+def test_unquoted_star_gets_hint() -> None:
+    text = with_routing("  routes:\n    - events: *\n      topics: [t]\n")
+    with pytest.raises(ConfigError, match=r"quote a value that starts with '\*'"):
+        parse_config(text, environ=ENV)
+
+
+def test_single_strings_become_lists() -> None:
+    text = with_routing(
+        "  key_paths: data.leadID\n  routes:\n    - events: lead.*\n      topics: t.{event}\n"
+    )
+    config = parse_config(text, environ=ENV)
+    assert config.routing.key_paths == ("data.leadID",)
+    assert config.routing.routes[0].events == ("lead.*",)
+    assert config.routing.routes[0].topics == ("t.{event}",)
+
+
+def test_topic_settings_merge_override() -> None:
+    text = with_routing(
+        "  topic_defaults:\n"
+        "    partitions: 6\n"
+        "    replication_factor: '3'\n"
+        "    configs: {retention.ms: 604800000, unclean.leader.election.enable: false}\n"
+        "  topic_overrides:\n"
+        "    tasknation.deadletter: {partitions: 1, configs: {retention.ms: 2592000000}}\n"
+    )
+    routing = parse_config(text, environ=ENV).routing
+
+    dead_letter = routing.settings_for("tasknation.deadletter")
+    other = routing.settings_for("tasknation.lead.created")
+
+    assert dead_letter.partitions == 1
+    assert dead_letter.replication_factor == 3
+    assert dead_letter.configs == {
+        "retention.ms": "2592000000",
+        "unclean.leader.election.enable": "false",
+    }
+    assert other.partitions == 6
+    assert other.configs["retention.ms"] == "604800000"
+
+
+def test_secret_env_entry_uses_environ() -> None:
+    text = MINIMAL.replace('["${SECRET}"]', "[{env: NEXT_SECRET}, old-secret]")
+    config = parse_config(text, environ={**ENV, "NEXT_SECRET": "next"})
+    assert config.sources[0].secret_bytes() == (b"next", b"old-secret")
+
+
+def test_missing_secret_env_named() -> None:
+    text = MINIMAL.replace('["${SECRET}"]', "[{env: NEXT_SECRET}]")
+    with pytest.raises(
+        ConfigError, match=r"sources\[0\]\.secrets: .*environment variable NEXT_SECRET is not set"
+    ):
+        parse_config(text, environ=ENV)
+
+
+def test_unset_rotation_secret_skipped() -> None:
+    text = MINIMAL.replace('["${SECRET}"]', '["${SECRET}", "${PREVIOUS_SECRET:-}"]')
+    config = parse_config(text, environ=ENV)
+    assert config.sources[0].secret_bytes() == (b"very-secret-value",)
+
+
+def test_allow_lists_parsed() -> None:
+    text = MINIMAL + (
+        "    allowed_event_types: lead.*\n    allowed_business_ids: [468046965846925323, 'B-2']\n"
+    )
+    source = parse_config(text, environ=ENV).sources[0]
+    assert source.allowed_event_types == ("lead.*",)
+    assert source.allowed_business_ids == frozenset({"468046965846925323", "B-2"})
+    assert source.allows_event_type("lead.created")
+    assert not source.allows_event_type("payment.received")
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (
+            "    allowed_business_ids: [4.68e+17]\n",
+            r"sources\[0\]\.allowed_business_ids\[0\]: 4\.68e\+17 is a float; quote the value",
+        ),
+        ("    allowed_business_ids: []\n", r"sources\[0\]\.allowed_business_ids: .*at least 1"),
+        ("    allowed_business_ids: ['a b']\n", r"invalid business ID 'a b'"),
+        ("    allowed_event_types: ['lead/x']\n", r"invalid event pattern 'lead/x'"),
+        (
+            "    signature_header: 'X Signature'\n",
+            r"sources\[0\]\.signature_header: String should match pattern",
+        ),
+    ],
+)
+def test_invalid_source_names_path(lines: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(MINIMAL + lines, environ=ENV)
+
+
+def test_list_input_never_shown() -> None:
+    text = MINIMAL.replace("    path: /webhooks/tasknation\n", "    path: [/a]\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text + "  - name: other\n", environ=ENV)
+    assert "very-secret-value" not in str(caught.value)
+    assert "sources[1].path: Field required" in str(caught.value)

@@ -201,7 +201,7 @@ def test_empty_webhook_secret_stops_relay(tmp_path) -> None:
     documents = render("base")
     pod_files = PodFiles(documents, tmp_path, fill_empty=False)
 
-    with pytest.raises(ConfigError, match="a webhook secret must not be empty"):
+    with pytest.raises(ConfigError, match="every webhook secret is empty"):
         parse_config(yaml.safe_dump(pod_files.relocate(relay_yaml(documents))))
 
 
