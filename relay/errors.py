@@ -74,3 +74,23 @@ class DeliveryUnavailable(Rejection):
     status = 503
     reason = "kafka_unavailable"
     retriable = True
+
+
+class SpoolError(RelayError):
+    """The spool folder cannot be opened, is in use by another process, or failed a write."""
+
+
+class SpoolFull(Rejection):
+    """The spool holds ``spool.max_bytes`` and cannot take another delivery."""
+
+    status = 503
+    reason = "spool_full"
+    retriable = True
+
+
+class SpoolUnavailable(Rejection):
+    """An earlier write to the spool failed, so it takes no more deliveries."""
+
+    status = 503
+    reason = "spool_unavailable"
+    retriable = True
