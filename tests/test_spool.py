@@ -56,6 +56,15 @@ async def read_all(spool: Spool, count: int) -> list[relay.spool.SpoolEntry]:
     return entries
 
 
+def append_bytes(path: Path, data: bytes) -> None:
+    with open(path, "ab") as file:
+        file.write(data)
+
+
+def segment_bytes_on_disk(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.glob("*.seg"))
+
+
 def test_frame_round_trip_keeps_fields() -> None:
     records = (make_record(1), make_record(2, key=None), Record("t", b"", b"", ()))
 
@@ -118,8 +127,7 @@ async def test_torn_tail_discarded_on_open(tmp_path: Path) -> None:
     segment = list_segments(tmp_path)[-1]
     size = segment.path.stat().st_size
     torn = encode_frame(3, 0, [make_record(3)])
-    with open(segment.path, "ab") as file:
-        file.write(torn[: len(torn) // 2])
+    append_bytes(segment.path, torn[: len(torn) // 2])
 
     reopened = open_spool(tmp_path)
     await reopened.open()
@@ -203,7 +211,7 @@ async def test_full_spool_rejects_append(tmp_path: Path) -> None:
 
     assert stats.full
     assert stats.used_bytes == frame_bytes * 3
-    assert sum(path.stat().st_size for path in tmp_path.glob("*.seg")) == frame_bytes
+    assert segment_bytes_on_disk(tmp_path) == frame_bytes
 
 
 async def test_concurrent_appends_share_one_sync(
