@@ -125,7 +125,7 @@ def test_spool_disabled_by_default() -> None:
 
 def test_enabled_spool_needs_path() -> None:
     text = MINIMAL + "spool:\n  enabled: true\n"
-    with pytest.raises(ConfigError, match="spool.path is required when spool.enabled is true"):
+    with pytest.raises(ConfigError, match=r"spool\.path is required when spool\.enabled is true"):
         parse_config(text, environ=ENV)
 
 
