@@ -64,7 +64,7 @@ class KafkaConfig(_Model):
     metadata_max_age_ms: int = Field(default=300_000, ge=1000)
     reconnect_backoff_s: float = Field(default=1.0, gt=0)
     # With no acknowledgement for this long, a metadata request checks that the
-    # broker still answers; readiness turns false when it does not within the same time.
+    # broker still responds. Readiness turns false when it does not respond within that time.
     health_check_interval_s: float = Field(default=5.0, gt=0, le=300)
     # A producer that is replaced gets this long to flush before it is abandoned.
     close_timeout_s: float = Field(default=5.0, ge=0)
@@ -95,7 +95,7 @@ class SpoolConfig(_Model):
     """The on-disk write-ahead spool that takes deliveries Kafka cannot take in time."""
 
     enabled: bool = False
-    # Must be a persistent volume of this replica alone: the spool holds events
+    # Must be a persistent volume of this replica alone: the spool contains events
     # already answered with 2xx that have not yet reached Kafka.
     path: Path | None = None
     max_bytes: int = Field(default=1024**3, ge=1024 * 1024)

@@ -1,15 +1,15 @@
 """Delivery of records to Kafka, with the spool as fallback: the one stage that waits on I/O.
 
 ``Publisher`` owns one idempotent aiokafka producer with ``acks=all``. A
-supervisor task connects in the background, so the relay starts and answers
+supervisor task connects in the background, so the relay starts and responds with
 503 while the broker is unreachable and publishes once it comes up. The same
-task checks that the broker still answers and replaces the producer when it
+task checks that the broker still responds and replaces the producer when it
 reaches a state that aiokafka does not recover from.
 
 ``Delivery`` is what the handler calls. Without a spool it publishes and the
 handler's deadline bounds the wait. With a spool, Kafka gets the deadline
 minus ``spool.write_reserve_s``; a delivery that is not acknowledged by then
-is appended to the spool, and while the spool holds entries every new
+is appended to the spool, and while the spool contains entries every new
 delivery goes there too, so records of one key keep their order of arrival.
 ``Forwarder`` drains the spool to Kafka in order.
 
@@ -28,13 +28,20 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
+    CorruptRecordException,
     InvalidProducerEpoch,
     InvalidProducerIdMapping,
+    InvalidTimestampError,
+    InvalidTopicError,
     InvalidTxnState,
     KafkaError,
+    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
     ProducerClosed,
     ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
     UnknownProducerId,
 )
 
@@ -49,7 +56,7 @@ MAX_RECONNECT_BACKOFF_S = 30.0
 MAX_FORWARD_BACKOFF_S = 5.0
 
 # Errors after which aiokafka 0.14 keeps failing every later send on the same
-# producer: it never resets sequence numbers or asks for a new producer id.
+# producer: it never resets sequence numbers or requests a new producer id.
 FATAL_PRODUCER_ERRORS: tuple[type[KafkaError], ...] = (
     OutOfOrderSequenceNumber,
     UnknownProducerId,
@@ -61,9 +68,28 @@ FATAL_PRODUCER_ERRORS: tuple[type[KafkaError], ...] = (
 )
 
 
+# Errors about the record or topic itself: sending the same record again, from
+# the spool or another producer, fails the same way.
+RECORD_REJECTED_ERRORS: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    CorruptRecordException,
+    InvalidTimestampError,
+)
+
+
 def is_fatal_producer_error(exc: BaseException) -> bool:
     """Tell whether ``exc`` leaves the producer unable to send anything again."""
     return isinstance(exc, FATAL_PRODUCER_ERRORS)
+
+
+def is_record_rejected(exc: BaseException) -> bool:
+    """Tell whether Kafka rejected the record itself, so that a later attempt cannot help."""
+    cause = exc.__cause__ if isinstance(exc, DeliveryUnavailable) else exc
+    return isinstance(cause, RECORD_REJECTED_ERRORS)
 
 
 def sender_failure(producer: AIOKafkaProducer) -> BaseException | None:
@@ -96,7 +122,7 @@ class Publisher:
 
     @property
     def connected(self) -> bool:
-        """True while a working producer exists and the broker answered recently."""
+        """True while a working producer exists and the broker responded recently."""
         return self._producer is not None and self._healthy
 
     async def wait_connected(self) -> None:
@@ -120,7 +146,7 @@ class Publisher:
         """Send ``records`` and return their metadata once the broker acknowledged all of them.
 
         Raises ``DeliveryUnavailable`` when the producer is not connected or
-        the broker answers with an error. The caller bounds the wait with its
+        the broker returns an error. The caller bounds the wait with its
         deadline; a cancelled wait leaves queued records to reach Kafka later.
         """
         producer = self._producer
@@ -150,8 +176,8 @@ class Publisher:
             self._request_replacement(producer, f"the broker answered {exc!r}")
 
     def _request_replacement(self, producer: AIOKafkaProducer, reason: str) -> None:
-        # Taking the producer away at once means no later request can get a
-        # 2xx from it; in-flight sends end with an error or at their deadline.
+        # The producer is taken away at once, so no later request gets a 2xx from it.
+        # Sends already in flight end with an error or at their deadline.
         if self._producer is not producer:
             return
         self._producer = None
@@ -188,10 +214,13 @@ class Publisher:
             attempt += 1
             producer = self._new_producer()
             try:
-                # A stalled broker accepts the connection and never answers.
+                # A stalled broker accepts the connection and never responds.
                 async with asyncio.timeout(self._config.request_timeout_ms / 1000):
                     await producer.start()
                 return producer
+            except asyncio.CancelledError:
+                await self._close(producer, self._config.close_timeout_s)
+                raise
             except (KafkaError, TimeoutError) as exc:
                 await self._close(producer, self._config.close_timeout_s)
                 log.warning(
@@ -229,10 +258,10 @@ class Publisher:
             answered = False
         if answered != self._healthy and self._producer is producer:
             if answered:
-                log.info("Kafka at %s answers again", self._config.bootstrap_servers)
+                log.info("Kafka at %s responds again", self._config.bootstrap_servers)
             else:
                 log.warning(
-                    "Kafka at %s did not answer a metadata request within %.1f s; not ready",
+                    "Kafka at %s did not respond to a metadata request within %.1f s; not ready",
                     self._config.bootstrap_servers,
                     timeout_s,
                 )
@@ -354,6 +383,9 @@ class Delivery:
                     await self.publisher.publish(records)
                 return DeliveryOutcome.PUBLISHED
             except (TimeoutError, DeliveryUnavailable) as exc:
+                if is_record_rejected(exc):
+                    # Spooled, it would block every later entry in the forwarder.
+                    raise
                 log.warning("spooling deliveries until Kafka takes them again: %s", _describe(exc))
 
         await spool.append(records)
@@ -379,10 +411,14 @@ class Forwarder:
             try:
                 await self._publish(entries)
             except (TimeoutError, DeliveryUnavailable) as exc:
+                # NOTE: an entry that Kafka rejects for good (is_record_rejected)
+                # is retried forever and holds back every later entry; deliver()
+                # never spools such a record, but a topic's limits can change.
                 failures += 1
                 delay = min(0.5 * 2 ** min(failures, 10), MAX_FORWARD_BACKOFF_S)
                 if failures == 1 or failures % 20 == 0:
-                    log.warning(
+                    log.log(
+                        logging.ERROR if is_record_rejected(exc) else logging.WARNING,
                         "forwarding %d spooled deliveries failed (%d attempts so far): %s",
                         len(entries),
                         failures,

@@ -81,7 +81,7 @@ class SpoolError(RelayError):
 
 
 class SpoolFull(Rejection):
-    """The spool holds ``spool.max_bytes`` and cannot take another delivery."""
+    """The spool contains ``spool.max_bytes`` and cannot take another delivery."""
 
     status = 503
     reason = "spool_full"

@@ -19,8 +19,8 @@ header ``name (u16 length) | value (u32 length)``.
 A frame counts as written once ``fdatasync`` returned. Concurrent appends
 share one write and one sync (group commit), done in a worker thread so the
 event loop keeps serving. At start the last frames of a segment that fail the
-length, CRC or sequence check are cut off: they were never synced, so no
-caller was told they were stored.
+length, CRC or sequence check are cut off. They were never synced, so no
+caller got a success result for them.
 """
 
 from __future__ import annotations
@@ -554,7 +554,7 @@ class Spool:
         frame = encode_frame(self._next_sequence, appended_at_ms, records)
         if self.used_bytes + len(frame) > self._max_bytes:
             raise SpoolFull(
-                f"the spool holds {self.used_bytes} bytes and cannot take {len(frame)} more "
+                f"the spool contains {self.used_bytes} bytes and cannot take {len(frame)} more "
                 f"within spool.max_bytes ({self._max_bytes})"
             )
 

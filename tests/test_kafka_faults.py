@@ -12,6 +12,7 @@ import pytest
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
     NotLeaderForPartitionError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
@@ -21,7 +22,7 @@ from aiokafka.errors import (
 from aiokafka.structs import TopicPartition
 
 from relay.app import PUBLISHER_KEY
-from relay.delivery import Publisher, is_fatal_producer_error
+from relay.delivery import Publisher, is_fatal_producer_error, is_record_rejected
 from relay.errors import DeliveryUnavailable
 from relay.routing import Record
 from tests.conftest import make_config, wait_until_ready
@@ -31,7 +32,7 @@ from tests.kafka_records import consume_event_ids, create_topics
 from tests.test_webhook_kafka import PATH, event_body, signed_headers
 
 DEADLINE_S = 2.0
-# Answers may come a little after the deadline on a loaded machine; a hang would take 30 s.
+# Responses may come a little after the deadline on a loaded machine; a hang would take 30 s.
 ANSWER_MARGIN_S = 3.0
 
 
@@ -54,6 +55,16 @@ def test_fatal_producer_errors_detected(error: Exception) -> None:
 )
 def test_retriable_errors_not_fatal(error: Exception) -> None:
     assert not is_fatal_producer_error(error)
+
+
+def test_oversize_record_counts_as_rejected() -> None:
+    error = DeliveryUnavailable("Kafka did not acknowledge")
+    error.__cause__ = MessageSizeTooLargeError()
+    timeout = DeliveryUnavailable("Kafka did not acknowledge")
+    timeout.__cause__ = KafkaTimeoutError()
+
+    assert is_record_rejected(error)
+    assert not is_record_rejected(timeout)
 
 
 async def test_unstarted_publisher_rejects_publish() -> None:
@@ -79,8 +90,8 @@ async def test_out_of_order_sequence_replaces_producer(
     first = event_body("lead.created", leadID="L1").replace(b"evt_test_1", b"evt_first")
     assert (await _post(client, first))[0] == 200
 
-    # A sequence gap is what a producer sees after the broker lost its state:
-    # the broker answers OUT_OF_ORDER_SEQUENCE_NUMBER to every later batch.
+    # A producer is left with a sequence gap when the broker lost its producer
+    # state. The broker then returns OUT_OF_ORDER_SEQUENCE_NUMBER to every later batch.
     publisher._producer._txn_manager.increment_sequence_number(TopicPartition(topic, 0), 5)
     broken = event_body("lead.created", leadID="L1").replace(b"evt_test_1", b"evt_broken")
     status, answer = await _post(client, broken)
