@@ -284,6 +284,11 @@ class KafkaConfig(_Model):
     request_timeout_ms: int = Field(default=30_000, ge=1000)
     metadata_max_age_ms: int = Field(default=300_000, ge=1000)
     reconnect_backoff_s: float = Field(default=1.0, gt=0)
+    # With no acknowledgement for this long, a metadata request checks that the
+    # broker still responds. Readiness turns false when it does not respond within that time.
+    health_check_interval_s: float = Field(default=5.0, gt=0, le=300)
+    # A producer that is replaced gets this long to flush before it is abandoned.
+    close_timeout_s: float = Field(default=5.0, ge=0)
 
     @property
     def uses_ssl(self) -> bool:
@@ -500,6 +505,32 @@ class RoutingConfig(_Model):
         )
 
 
+class SpoolConfig(_Model):
+    """The on-disk write-ahead spool that takes deliveries Kafka cannot take in time."""
+
+    enabled: bool = False
+    # Must be a persistent volume of this replica alone: the spool contains events
+    # already answered with 2xx that have not yet reached Kafka.
+    path: Path | None = None
+    max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
+    segment_bytes: int = Field(default=64 * 1024**2, ge=64 * 1024)
+    # Time kept from server.deadline_s for the spool write; Kafka gets the rest.
+    write_reserve_s: float = Field(default=1.0, gt=0)
+    forward_batch_records: int = Field(default=500, ge=1, le=100_000)
+    forward_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> SpoolConfig:
+        if self.enabled and self.path is None:
+            raise ValueError("spool.path is required when spool.enabled is true")
+        if self.segment_bytes > self.max_bytes:
+            raise ValueError(
+                f"spool.segment_bytes ({self.segment_bytes}) must not exceed "
+                f"spool.max_bytes ({self.max_bytes})"
+            )
+        return self
+
+
 class SourceConfig(_Model):
     """One webhook endpoint: its path, signature header, valid secrets and allow-lists.
 
@@ -555,6 +586,7 @@ class RelayConfig(_Model):
     server: ServerConfig = ServerConfig()
     kafka: KafkaConfig
     routing: RoutingConfig = Field(default_factory=lambda: RoutingConfig.model_validate({}))
+    spool: SpoolConfig = SpoolConfig()
     sources: tuple[SourceConfig, ...] = Field(min_length=1)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -573,6 +605,9 @@ class RelayConfig(_Model):
                 f"server.max_body_bytes + {RECORD_OVERHEAD_BYTES} ({needed}); "
                 "raise kafka.max_request_size or lower server.max_body_bytes"
             )
+
+        if self.spool.enabled:
+            self._check_spool()
         return self
 
     @model_validator(mode="after")
@@ -602,6 +637,14 @@ class RelayConfig(_Model):
         topics[routing.unrouted_topic] = None
         topics[routing.dead_letter_topic] = None
         return tuple(topics)
+
+    def _check_spool(self) -> None:
+        spool = self.spool
+        if spool.write_reserve_s >= self.server.deadline_s:
+            raise ValueError(
+                f"spool.write_reserve_s ({spool.write_reserve_s}) must be less than "
+                f"server.deadline_s ({self.server.deadline_s}), so Kafka gets part of the deadline"
+            )
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> RelayConfig:

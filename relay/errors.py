@@ -78,3 +78,23 @@ class DeliveryUnavailable(Rejection):
 
 class TopicAdminError(RelayError):
     """A topic lookup or creation on Kafka could not be completed."""
+
+
+class SpoolError(RelayError):
+    """The spool folder cannot be opened, is in use by another process, or failed a write."""
+
+
+class SpoolFull(Rejection):
+    """The spool contains ``spool.max_bytes`` and cannot take another delivery."""
+
+    status = 503
+    reason = "spool_full"
+    retriable = True
+
+
+class SpoolUnavailable(Rejection):
+    """An earlier write to the spool failed, so it takes no more deliveries."""
+
+    status = 503
+    reason = "spool_unavailable"
+    retriable = True

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from relay.body import read_body
 from relay.config import RelayConfig
-from relay.delivery import Publisher
+from relay.delivery import Delivery, DeliveryOutcome
 from relay.envelope import parse_envelope
 from relay.errors import BodyReadTimeout, DeliveryUnavailable, InvalidEnvelope, Rejection
 from relay.routing import Record, route_dead_letter, route_event
@@ -41,12 +41,12 @@ class WebhookHandler:
         self,
         config: RelayConfig,
         sources: SourceTable,
-        publisher: Publisher,
+        delivery: Delivery,
         clock: Clock = utc_now,
     ) -> None:
         self._config = config
         self._sources = sources
-        self._publisher = publisher
+        self._delivery = delivery
         self._clock = clock
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -106,13 +106,15 @@ class WebhookHandler:
 
         try:
             async with asyncio.timeout_at(deadline):
-                await self._publisher.publish(records)
+                outcome = await self._delivery.deliver(records, deadline)
         except TimeoutError:
             raise DeliveryUnavailable(
                 f"Kafka did not acknowledge within {self._config.server.deadline_s} s "
                 f"(event_id={event_id})"
             ) from None
 
+        if outcome is DeliveryOutcome.SPOOLED and status == "published":
+            status = "spooled"
         return _json(200, {"status": status, "id": event_id})
 
     def _reject(self, request: web.Request, exc: Rejection) -> web.Response:

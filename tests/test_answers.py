@@ -7,7 +7,7 @@ import time
 
 from tests.conftest import make_config
 from tests.kafka_broker import KafkaBroker
-from tests.kafka_records import consume
+from tests.kafka_records import consume, create_topics
 from tests.test_webhook_kafka import PATH, event_body, signed_headers
 
 
@@ -106,6 +106,8 @@ async def test_stopped_broker_gets_503_within_deadline(
     config = make_config(
         dedicated_broker.bootstrap, topic_prefix, server={"deadline_s": 2, "retry_after_s": 30}
     )
+    # Creating the topic on the first send can take longer than the 2 s deadline.
+    await create_topics(dedicated_broker.bootstrap, [f"{topic_prefix}lead.created"])
     client = await relay_client_factory(config)
     body = event_body("lead.created", leadID="L1")
     first = await client.post(PATH, data=body, headers=signed_headers(body))

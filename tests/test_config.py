@@ -291,3 +291,28 @@ def test_list_input_never_shown() -> None:
         parse_config(text + "  - name: other\n", environ=ENV)
     assert "very-secret-value" not in str(caught.value)
     assert "sources[1].path: Field required" in str(caught.value)
+
+
+def test_spool_disabled_by_default() -> None:
+    config = parse_config(MINIMAL, environ=ENV)
+    assert config.spool.enabled is False
+    assert config.kafka.health_check_interval_s == 5.0
+
+
+def test_enabled_spool_needs_path() -> None:
+    text = MINIMAL + "spool:\n  enabled: true\n"
+    with pytest.raises(ConfigError, match=r"spool\.path is required when spool\.enabled is true"):
+        parse_config(text, environ=ENV)
+
+
+def test_spool_reserve_below_deadline() -> None:
+    text = MINIMAL + "server:\n  deadline_s: 2\nspool:\n  enabled: true\n  path: /tmp/s\n"
+    text += "  write_reserve_s: 2\n"
+    with pytest.raises(ConfigError, match=r"spool.write_reserve_s \(2.0\) must be less than"):
+        parse_config(text, environ=ENV)
+
+
+def test_spool_segment_within_max_bytes() -> None:
+    text = MINIMAL + "spool:\n  max_bytes: 1048576\n  segment_bytes: 2097152\n"
+    with pytest.raises(ConfigError, match=r"spool.segment_bytes \(2097152\) must not exceed"):
+        parse_config(text, environ=ENV)
