@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from relay import __version__
-from relay.app import create_app
+from relay.app import serve
 from relay.config import RelayConfig, load_config
 from relay.errors import ConfigError
 
@@ -72,14 +71,7 @@ def _serve(args: argparse.Namespace, config: RelayConfig) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    web.run_app(
-        create_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        shutdown_timeout=config.server.shutdown_grace_s,
-        access_log=None,
-        print=None,
-    )
+    asyncio.run(serve(config))
     return 0
 
 
