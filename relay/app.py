@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from relay.clock import Clock, utc_now
 from relay.config import RelayConfig
@@ -25,15 +26,49 @@ DEDUP_KEY = web.AppKey("dedup", DedupWindow)
 STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
 
 
+class RequestCounter:
+    """Counts the requests whose handler is running, so shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def started(self) -> None:
+        self.running += 1
+        self._idle.clear()
+
+    def finished(self) -> None:
+        self.running -= 1
+        if self.running == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Return True once no request is running, False when ``timeout_s`` passes first."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+REQUESTS_KEY = web.AppKey("requests", RequestCounter)
+
+
 def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
     """Build the relay application; the producer starts with the application."""
-    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[_track_request],
+    )
     publisher = Publisher(config.kafka)
     dedup = DedupWindow(config.dedup, clock)
     app[CONFIG_KEY] = config
     app[PUBLISHER_KEY] = publisher
     app[DEDUP_KEY] = dedup
     app[STOPPING_KEY] = asyncio.Event()
+    app[REQUESTS_KEY] = RequestCounter()
 
     sources = SourceTable(config.sources)
     handler = WebhookHandler(config, sources, publisher, dedup, clock)
@@ -42,7 +77,6 @@ def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
 
-    app.on_response_prepare.append(_close_connection_when_stopping)
     app.cleanup_ctx.append(_publisher_lifetime)
     return app
 
@@ -51,9 +85,9 @@ async def serve(config: RelayConfig, clock: Clock = utc_now) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully.
 
     Shutdown: report not ready and keep serving for ``shutdown_drain_s``;
-    stop accepting connections and close idle ones; wait up to
-    ``shutdown_grace_s`` for requests in flight; flush and stop the producer
-    within ``shutdown_grace_s`` more.
+    stop accepting connections; wait up to ``shutdown_grace_s`` for the
+    requests in flight, whose bodies may still be arriving; close the
+    connections; flush and stop the producer within ``shutdown_grace_s``.
     """
     server = config.server
     app = create_app(config, clock)
@@ -62,27 +96,44 @@ async def serve(config: RelayConfig, clock: Clock = utc_now) -> None:
         handle_signals=False,
         access_log=None,
         keepalive_timeout=server.keepalive_timeout_s,
-        shutdown_timeout=server.shutdown_grace_s,
+        # Requests are waited for before, so this only bounds a request that
+        # started on a kept-alive connection at the end of the grace period.
+        shutdown_timeout=server.deadline_s,
     )
     await runner.setup()
     try:
         site = web.TCPSite(runner, server.host, server.port)
         await site.start()
         signal_name = await _wait_for_stop_signal()
-
-        app[STOPPING_KEY].set()
-        log.info(
-            "received %s: not ready; serving %.1f s more, then up to %.1f s for requests "
-            "in flight and up to %.1f s for the producer",
-            signal_name,
-            server.shutdown_drain_s,
-            server.shutdown_grace_s,
-            server.shutdown_grace_s,
-        )
-        await asyncio.sleep(server.shutdown_drain_s)
+        await _drain(app, runner, signal_name)
     finally:
         await runner.cleanup()
     log.info("relay stopped")
+
+
+async def _drain(app: web.Application, runner: web.AppRunner, signal_name: str) -> None:
+    server = app[CONFIG_KEY].server
+    app[STOPPING_KEY].set()
+    log.info(
+        "received %s: not ready; serving %.1f s more, then waiting up to %.1f s "
+        "for requests in flight",
+        signal_name,
+        server.shutdown_drain_s,
+        server.shutdown_grace_s,
+    )
+    await asyncio.sleep(server.shutdown_drain_s)
+
+    # aiohttp drops the rest of a body that arrives after its connections
+    # were closed, so the relay stops listening first and closes them later.
+    for site in list(runner.sites):
+        await site.stop()
+    counter = app[REQUESTS_KEY]
+    if not await counter.wait_idle(server.shutdown_grace_s):
+        log.warning(
+            "%d requests still running after shutdown_grace_s (%.1f s)",
+            counter.running,
+            server.shutdown_grace_s,
+        )
 
 
 async def _wait_for_stop_signal() -> str:
@@ -119,13 +170,19 @@ async def _publisher_lifetime(app: web.Application) -> AsyncIterator[None]:
     await publisher.stop(timeout_s=config.server.shutdown_grace_s)
 
 
-async def _close_connection_when_stopping(
-    request: web.Request, response: web.StreamResponse
-) -> None:
+@web.middleware
+async def _track_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    counter = request.app[REQUESTS_KEY]
+    counter.started()
+    try:
+        response = await handler(request)
+    finally:
+        counter.finished()
     # `Connection: close` tells the client not to send another request on a
     # connection that the relay is about to close.
     if request.app[STOPPING_KEY].is_set():
         response.force_close()
+    return response
 
 
 async def _healthz(request: web.Request) -> web.Response:
