@@ -357,3 +357,43 @@ def test_sample_bodies_have_expected_shape() -> None:
         orjson.loads(NESTED_DEEP)
     with pytest.raises(orjson.JSONDecodeError, match="UTF-8"):
         orjson.loads(LATIN1)
+
+
+ENVELOPE_CASES = {
+    "empty body": (b"", "empty_body"),
+    "not JSON": (b"event=lead.created&id=evt_1", "invalid_json"),
+    "truncated JSON": (BODY[:-5], "invalid_json"),
+    "JSON array": (b'[{"id":"evt_1"}]', "invalid_envelope"),
+    "JSON string": (b'"evt_1"', "invalid_envelope"),
+    "id missing": (BODY.replace(b'"id":"evt_hostile",', b""), "invalid_envelope"),
+    "id an integer": (BODY.replace(b'"evt_hostile"', b"42"), "invalid_envelope"),
+    "event missing": (BODY.replace(b'"event":"lead.created",', b""), "invalid_envelope"),
+    "event null": (BODY.replace(b'"lead.created"', b"null"), "invalid_envelope"),
+    "timestamp not a date": (BODY.replace(b"2026-02-15T10:30:00Z", b"soon"), "invalid_envelope"),
+    "timestamp a number": (
+        BODY.replace(b'"2026-02-15T10:30:00Z"', b"1771151400"),
+        "invalid_envelope",
+    ),
+    "data a list": (BODY.replace(b'{"leadID":"L1"}', b'["L1"]'), "invalid_envelope"),
+}
+
+
+@pytest.mark.parametrize("name", list(ENVELOPE_CASES))
+async def test_invalid_envelope_dead_lettered_end_to_end(
+    name, kafka_bootstrap, topic_prefix, relay_client_factory
+) -> None:
+    body, reason = ENVELOPE_CASES[name]
+    assert body != BODY
+    client = await relay_client_factory(make_config(kafka_bootstrap, topic_prefix))
+
+    answer = await send_raw(client.port, [signed(body)])
+
+    assert answer is not None
+    assert answer.status == 200
+    assert answer.json() == {"status": "dead_lettered", "id": None}
+    records = await consume(kafka_bootstrap, [f"{topic_prefix}deadletter"], count=1)
+    assert len(records) == 1
+    assert records[0].value == body
+    headers = dict(records[0].headers)
+    assert headers["relay_dead_letter_reason"] == reason.encode()
+    assert headers["relay_source"] == b"tasknation"
