@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 CONFIG_KEY = web.AppKey("config", RelayConfig)
 PUBLISHER_KEY = web.AppKey("publisher", Publisher)
 DEDUP_KEY = web.AppKey("dedup", DedupWindow)
-# Set when shutdown begins: /readyz answers 503 and every answer closes its connection.
+# Set when shutdown begins: /readyz returns 503 and every response closes its connection.
 STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
 
 
@@ -84,10 +84,10 @@ def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
 async def serve(config: RelayConfig, clock: Clock = utc_now) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully.
 
-    Shutdown: report not ready and keep serving for ``shutdown_drain_s``;
-    stop accepting connections; wait up to ``shutdown_grace_s`` for the
-    requests in flight, whose bodies may still be arriving; close the
-    connections; flush and stop the producer within ``shutdown_grace_s``.
+    Shutdown reports not ready and keeps serving for ``shutdown_drain_s``.
+    Then it stops accepting connections and waits up to ``shutdown_grace_s``
+    for the requests in flight, whose bodies may still be arriving. Last, it
+    closes the connections and stops the producer within ``shutdown_grace_s``.
     """
     server = config.server
     app = create_app(config, clock)
@@ -178,8 +178,8 @@ async def _track_request(request: web.Request, handler: Handler) -> web.StreamRe
         response = await handler(request)
     finally:
         counter.finished()
-    # `Connection: close` tells the client not to send another request on a
-    # connection that the relay is about to close.
+    # With `Connection: close` the client opens a new connection for its next
+    # request instead of reusing one that the relay is about to close.
     if request.app[STOPPING_KEY].is_set():
         response.force_close()
     return response

@@ -2,10 +2,10 @@
 
 aiohttp decodes a body sent with ``Content-Encoding: gzip`` or ``deflate``
 while it arrives, a bounded amount per received chunk. The relay reads the
-decoded bytes: they are what the sender signed and what consumers read, and
-the size limit applies to them, so a small compressed body that expands
-past the limit (a decompression bomb) is rejected after at most the limit
-plus one decoded chunk. ``br`` and ``zstd`` need optional packages that the
+decoded bytes, because they are what the sender signed and what consumers
+read. The size limit applies to them too. So a small compressed body that
+expands past the limit (a decompression bomb) is rejected after at most the
+limit plus one decoded chunk. ``br`` and ``zstd`` need optional packages that the
 relay does not install, so aiohttp answers them with 400 before the handler
 runs. Other encodings are not decoded and the bytes are read as sent.
 """

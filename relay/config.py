@@ -116,7 +116,7 @@ class DedupConfig(_Model):
     shorter than ``RETRY_SCHEDULE_S``: a retry that arrives after the window
     would be taken for a replay and never published. Each remembered id costs
     about 180 bytes (CPython 3.11, 64-bit), so the default cap of 500000 ids
-    takes about 90 MB and holds 27 h of traffic up to about 5 events/s.
+    takes about 90 MB and covers 27 h of traffic up to about 5 events/s.
     """
 
     window_s: float = Field(default=DEFAULT_DEDUP_WINDOW_S, ge=RETRY_SCHEDULE_S)

@@ -1,6 +1,6 @@
 """Dropping of repeated deliveries by event id, within a time window.
 
-TaskNation sends a delivery again until it gets a 2xx answer, for at most
+TaskNation sends a delivery again until it gets a 2xx response, for at most
 26.6 hours. The relay remembers each event id that Kafka acknowledged for
 ``dedup.window_s`` and drops a later delivery of the same id. An id is
 remembered only after the acknowledgement, so a delivery that failed is
@@ -38,12 +38,12 @@ EVICTION_LOG_INTERVAL_S = 60.0
 
 
 class Verdict(Enum):
-    """What the handler does with one delivery of an event."""
+    """The handler's action for one delivery of an event."""
 
     NEW = "new"  # publish, then call acknowledged() or abandoned()
     IN_FLIGHT = "in_flight"  # another delivery of the id is being published: wait, ask again
-    DUPLICATE = "duplicate"  # acknowledged within the window: answer 2xx, publish nothing
-    REPLAY = "replay"  # timestamp older than the window: answer 2xx, publish nothing
+    DUPLICATE = "duplicate"  # acknowledged within the window: respond 2xx, publish nothing
+    REPLAY = "replay"  # timestamp older than the window: respond 2xx, publish nothing
 
 
 class DedupWindow:

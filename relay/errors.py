@@ -44,7 +44,7 @@ class BodyMalformed(Rejection):
 
 
 class BodyIncomplete(Rejection):
-    """The connection closed before the whole body arrived; nobody reads the answer."""
+    """The connection closed before the whole body arrived, so no one reads the response."""
 
     status = 400
     reason = "incomplete_body"

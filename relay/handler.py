@@ -1,11 +1,11 @@
-"""The webhook request handler: runs the stages in order and answers.
+"""The webhook request handler: runs the stages in order and responds.
 
 read body -> pick source -> verify -> parse envelope -> drop duplicate ->
 route -> check record size -> deliver -> answer
 
 Each stage before delivery is a pure function or object in its own module;
 this file only sequences them, applies the deadline, lets concurrent
-deliveries of one event id wait for each other and maps errors to answers.
+deliveries of one event id wait for each other and maps errors to responses.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ class WebhookHandler:
     async def _deliver(
         self, records: Sequence[Record], deadline: float, event_id: str | None
     ) -> str:
-        """Publish ``records`` within the deadline; return the status for the answer."""
+        """Publish ``records`` within the deadline and return the status for the response."""
         status = "dead_lettered" if event_id is None else "published"
         checked = []
         for record in records:

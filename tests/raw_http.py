@@ -54,10 +54,10 @@ def build_request(
 async def send_raw(
     port: int, parts: Sequence[Part], timeout_s: float = 30.0, hang_up: bool = False
 ) -> RawResponse | None:
-    """Send ``parts`` to 127.0.0.1:``port`` and return the answer, or None if there is none.
+    """Send ``parts`` to 127.0.0.1:``port`` and return the response, or None if there is none.
 
-    The answer is read while the parts are written, and writing stops once
-    it arrives or the server closes the connection. With ``hang_up`` the client
+    The response is read while the parts are written, and writing stops
+    once it arrives or the server closes the connection. With ``hang_up`` the client
     closes the connection after the last part instead of reading an answer.
     """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -67,7 +67,7 @@ async def send_raw(
             if hang_up:
                 await sending
                 return None
-            # Read while writing, as a client does: an early answer ends the sending.
+            # Read while writing, as a client does: an early response ends the sending.
             return await _read_response(reader)
     finally:
         sending.cancel()

@@ -42,15 +42,15 @@ def with_signature(value: bytes, body: bytes | None = None) -> list[Part]:
 
 @dataclass(frozen=True)
 class Case:
-    """One hostile request, the answer it must get and what it publishes to the event topic."""
+    """One hostile request, the response it must get and what it publishes to the event topic."""
 
     build: Callable[[RelayConfig], list[Part]]
-    status: int | None  # None: the relay closes the connection without an answer
+    status: int | None  # None: the relay closes the connection without a response
     answer_field: str = "error"
     value: str | None = None
     published: Callable[[RelayConfig], bytes] | None = None
     dead_letter_reason: str | None = None
-    timed: bool = False  # the answer must come within the deadline
+    timed: bool = False  # the response must come within the deadline
     hang_up: bool = False  # the client closes the connection after sending
 
 
@@ -350,7 +350,7 @@ async def test_many_connections_leave_mid_body(
 
 
 def test_sample_bodies_have_expected_shape() -> None:
-    """The table's bodies are what their names say, so the cases test what they claim."""
+    """Check that the table's bodies match their names, so each case tests what it claims."""
     assert len(BOMB) < 64 * 1024
     assert orjson.loads(NESTED_OK)["id"] == "evt_nested"
     with pytest.raises(orjson.JSONDecodeError, match="depth"):
