@@ -54,6 +54,7 @@ class RequestCounter:
 
 
 REQUESTS_KEY = web.AppKey("requests", RequestCounter)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
@@ -100,14 +101,21 @@ async def serve(config: RelayConfig, clock: Clock = utc_now) -> None:
         # started on a kept-alive connection at the end of the grace period.
         shutdown_timeout=server.deadline_s,
     )
-    await runner.setup()
+    loop = asyncio.get_running_loop()
+    # Installed before start-up and kept until the end, so that neither an
+    # early signal nor a repeated one kills the process with connections open.
+    stop_signal = _catch_stop_signals(loop)
     try:
-        site = web.TCPSite(runner, server.host, server.port)
-        await site.start()
-        signal_name = await _wait_for_stop_signal()
-        await _drain(app, runner, signal_name)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, server.host, server.port)
+            await site.start()
+            await _drain(app, runner, await stop_signal)
+        finally:
+            await runner.cleanup()
     finally:
-        await runner.cleanup()
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
     log.info("relay stopped")
 
 
@@ -136,17 +144,12 @@ async def _drain(app: web.Application, runner: web.AppRunner, signal_name: str) 
         )
 
 
-async def _wait_for_stop_signal() -> str:
-    loop = asyncio.get_running_loop()
+def _catch_stop_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Future[str]:
+    """Return a future that receives the name of the first stop signal; later ones are ignored."""
     received: asyncio.Future[str] = loop.create_future()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        name = signal.Signals(signum).name
-        loop.add_signal_handler(signum, _resolve_once, received, name)
-    try:
-        return await received
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, _resolve_once, received, signum.name)
+    return received
 
 
 def _resolve_once(future: asyncio.Future[str], value: str) -> None:

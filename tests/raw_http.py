@@ -68,7 +68,7 @@ async def send_raw(
                 await sending
                 return None
             # Read while writing, as a client does: an early response ends the sending.
-            return await _read_response(reader)
+            return await read_response(reader)
     finally:
         sending.cancel()
         await asyncio.gather(sending, return_exceptions=True)
@@ -87,7 +87,8 @@ async def _write_parts(writer: asyncio.StreamWriter, parts: Sequence[Part]) -> N
         pass
 
 
-async def _read_response(reader: asyncio.StreamReader) -> RawResponse | None:
+async def read_response(reader: asyncio.StreamReader) -> RawResponse | None:
+    """Read one response with a Content-Length, or return None if the connection closes first."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except (asyncio.IncompleteReadError, ConnectionError):

@@ -16,7 +16,7 @@ from relay.signature import sign
 from tests.conftest import TEST_SECRET
 from tests.kafka_broker import free_port
 from tests.kafka_records import consume
-from tests.raw_http import Part, RawResponse, build_request, send_raw
+from tests.raw_http import RawResponse, build_request, read_response, send_raw
 from tests.test_cli_serve import fresh_sample
 from tests.test_webhook_kafka import PATH
 
@@ -100,32 +100,44 @@ def relay_process(tmp_path):
             process.wait()
 
 
+async def wait_refused(port: int, timeout_s: float = 15.0) -> None:
+    """Return once connections to ``port`` are refused."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            await send_raw(port, [get("/healthz")])
+        except ConnectionRefusedError:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"relay serve still accepted connections after {timeout_s} s")
+
+
 async def test_sigterm_finishes_requests_in_flight(
     kafka_bootstrap, topic_prefix, tmp_path, relay_process
 ):
     config = write_config(tmp_path / "relay.yaml", kafka_bootstrap, topic_prefix,
-                          shutdown_drain_s=2)  # fmt: skip
+                          deadline_s=10, shutdown_grace_s=12, shutdown_drain_s=2)  # fmt: skip
     port = free_port()
     process = relay_process(config, port)
     await wait_ready(port)
     bodies = [unique_sample(number) for number in range(6)]
 
-    # Five deliveries whose bodies are still arriving when SIGTERM comes.
+    # Five deliveries whose bodies are still arriving when the relay stops listening.
+    release = asyncio.Event()
     in_flight = []
     for body in bodies[:5]:
         request = delivery(body)
-        parts: list[Part] = [request[:-20], 3.5, request[-20:]]
-        in_flight.append(asyncio.create_task(send_raw(port, parts)))
+        in_flight.append(asyncio.create_task(send_after(port, request, release)))
     await asyncio.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     await asyncio.sleep(0.5)
+    process.send_signal(signal.SIGTERM)  # a repeated signal does not cut the shutdown short
 
     # While draining, the relay reports not ready but still serves.
     ready = await send_raw(port, [get("/readyz")])
     during_drain = await send_raw(port, [delivery(bodies[5])])
-    await asyncio.sleep(2.0)
-    with pytest.raises(ConnectionRefusedError):
-        await send_raw(port, [get("/healthz")])
+    await wait_refused(port)
+    release.set()
     answers = await asyncio.gather(*in_flight)
     exit_code = await stop_process(process)
 
@@ -139,6 +151,7 @@ async def test_sigterm_finishes_requests_in_flight(
         assert isinstance(answer, RawResponse)
         assert answer.status == 200
         assert answer.json()["status"] == "published"
+        assert answer.headers["connection"] == "close"
     assert exit_code == 0
     log = (tmp_path / "relay-0.log").read_text()
     assert "received SIGTERM" in log
@@ -146,6 +159,20 @@ async def test_sigterm_finishes_requests_in_flight(
     assert "Traceback" not in log
     records = await consume(kafka_bootstrap, [topic_prefix + EVENT], count=6)
     assert sorted(record.value for record in records) == sorted(bodies)
+
+
+async def send_after(port: int, request: bytes, release: asyncio.Event) -> RawResponse | None:
+    """Send ``request`` but its last 20 bytes, and those once ``release`` is set."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request[:-20])
+        await writer.drain()
+        await release.wait()
+        writer.write(request[-20:])
+        await writer.drain()
+        return await read_response(reader)
+    finally:
+        writer.close()
 
 
 async def test_sigterm_when_idle_exits_promptly(
