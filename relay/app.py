@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_KEY = web.AppKey("config", RelayConfig)
 PUBLISHER_KEY = web.AppKey("publisher", Publisher)
-DEDUP_KEY = web.AppKey("dedup", DedupWindow)
 # Set when shutdown begins: /readyz returns 503 and every response closes its connection.
 STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
 
@@ -67,7 +66,6 @@ def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
     dedup = DedupWindow(config.dedup, clock)
     app[CONFIG_KEY] = config
     app[PUBLISHER_KEY] = publisher
-    app[DEDUP_KEY] = dedup
     app[STOPPING_KEY] = asyncio.Event()
     app[REQUESTS_KEY] = RequestCounter()
 
