@@ -58,7 +58,7 @@ async def send_raw(
 
     The response is read while the parts are written, and writing stops
     once it arrives or the server closes the connection. With ``hang_up`` the client
-    closes the connection after the last part instead of reading an answer.
+    closes the connection after the last part instead of reading a response.
     """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     sending = asyncio.create_task(_write_parts(writer, parts))
