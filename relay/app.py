@@ -1,15 +1,20 @@
-"""The aiohttp application: routes, shared state and lifetimes."""
+"""The aiohttp application: routes, shared state, lifetimes and graceful shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
+from relay.clock import Clock, utc_now
 from relay.config import RECORD_OVERHEAD_BYTES, RelayConfig
+from relay.dedup import DedupWindow
 from relay.delivery import Delivery, Publisher
-from relay.handler import Clock, WebhookHandler, utc_now
+from relay.handler import WebhookHandler
 from relay.sources import SourceTable
 from relay.topics import topic_check
 
@@ -18,21 +23,60 @@ log = logging.getLogger(__name__)
 CONFIG_KEY = web.AppKey("config", RelayConfig)
 PUBLISHER_KEY = web.AppKey("publisher", Publisher)
 DELIVERY_KEY = web.AppKey("delivery", Delivery)
+# Set when shutdown begins: /readyz returns 503 and every response closes its connection.
+STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
+
+
+class RequestCounter:
+    """Counts the requests whose handler is running, so shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def started(self) -> None:
+        self.running += 1
+        self._idle.clear()
+
+    def finished(self) -> None:
+        self.running -= 1
+        if self.running == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Return True once no request is running, False when ``timeout_s`` passes first."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+REQUESTS_KEY = web.AppKey("requests", RequestCounter)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
     """Build the relay application; the producer starts with the application."""
-    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[_track_request],
+    )
     # The largest spooled delivery is one record of at most the body limit plus headers.
     delivery = Delivery.from_config(
         config.kafka, config.spool, config.server.max_body_bytes + RECORD_OVERHEAD_BYTES
     )
+    dedup = DedupWindow(config.dedup, clock)
     app[CONFIG_KEY] = config
     app[PUBLISHER_KEY] = delivery.publisher
     app[DELIVERY_KEY] = delivery
+    app[STOPPING_KEY] = asyncio.Event()
+    app[REQUESTS_KEY] = RequestCounter()
 
     sources = SourceTable(config.sources)
-    handler = WebhookHandler(config, sources, delivery, clock)
+    handler = WebhookHandler(config, sources, delivery, dedup, clock)
     for source in sources:
         app.router.add_post(source.path, handler.handle)
     app.router.add_get("/healthz", _healthz)
@@ -42,6 +86,81 @@ def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
     app.cleanup_ctx.append(topic_check(config))
     app.cleanup_ctx.append(_spool_lifetime)
     return app
+
+
+async def serve(config: RelayConfig, clock: Clock = utc_now) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully.
+
+    Shutdown reports not ready and keeps serving for ``shutdown_drain_s``.
+    Then it stops accepting connections and waits up to ``shutdown_grace_s``
+    for the requests in flight, whose bodies may still be arriving. Last, it
+    closes the connections and stops the producer within ``shutdown_grace_s``.
+    """
+    server = config.server
+    app = create_app(config, clock)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=server.keepalive_timeout_s,
+        # Requests are waited for before, so this only bounds a request that
+        # started on a kept-alive connection at the end of the grace period.
+        shutdown_timeout=server.deadline_s,
+    )
+    loop = asyncio.get_running_loop()
+    # Installed before start-up and kept until the end, so that neither an
+    # early signal nor a repeated one kills the process with connections open.
+    stop_signal = _catch_stop_signals(loop)
+    try:
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, server.host, server.port)
+            await site.start()
+            await _drain(app, runner, await stop_signal)
+        finally:
+            await runner.cleanup()
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+    log.info("relay stopped")
+
+
+async def _drain(app: web.Application, runner: web.AppRunner, signal_name: str) -> None:
+    server = app[CONFIG_KEY].server
+    app[STOPPING_KEY].set()
+    log.info(
+        "received %s: not ready; serving %.1f s more, then waiting up to %.1f s "
+        "for requests in flight",
+        signal_name,
+        server.shutdown_drain_s,
+        server.shutdown_grace_s,
+    )
+    await asyncio.sleep(server.shutdown_drain_s)
+
+    # aiohttp drops the rest of a body that arrives after its connections
+    # were closed, so the relay stops listening first and closes them later.
+    for site in list(runner.sites):
+        await site.stop()
+    counter = app[REQUESTS_KEY]
+    if not await counter.wait_idle(server.shutdown_grace_s):
+        log.warning(
+            "%d requests still running after shutdown_grace_s (%.1f s)",
+            counter.running,
+            server.shutdown_grace_s,
+        )
+
+
+def _catch_stop_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Future[str]:
+    """Return a future that receives the name of the first stop signal; later ones are ignored."""
+    received: asyncio.Future[str] = loop.create_future()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, _resolve_once, received, signum.name)
+    return received
+
+
+def _resolve_once(future: asyncio.Future[str], value: str) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 async def _publisher_lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -69,11 +188,28 @@ async def _spool_lifetime(app: web.Application) -> AsyncIterator[None]:
     await delivery.stop_spool()
 
 
+@web.middleware
+async def _track_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    counter = request.app[REQUESTS_KEY]
+    counter.started()
+    try:
+        response = await handler(request)
+    finally:
+        counter.finished()
+    # With `Connection: close` the client opens a new connection for its next
+    # request instead of reusing one that the relay is about to close.
+    if request.app[STOPPING_KEY].is_set():
+        response.force_close()
+    return response
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    if request.app[STOPPING_KEY].is_set():
+        return web.json_response({"status": "shutting_down"}, status=503)
     delivery = request.app[DELIVERY_KEY]
     report: dict[str, object] = {
         "status": "ready" if delivery.ready else "not_ready",

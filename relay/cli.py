@@ -12,10 +12,8 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 
-from aiohttp import web
-
 from relay import __version__
-from relay.app import create_app
+from relay.app import serve
 from relay.config import RelayConfig, SourceConfig, load_config
 from relay.errors import ConfigError, TopicAdminError
 from relay.routing import header_names
@@ -100,14 +98,7 @@ def _serve(args: argparse.Namespace, config: RelayConfig) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    web.run_app(
-        create_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        shutdown_timeout=config.server.shutdown_grace_s,
-        access_log=None,
-        print=None,
-    )
+    asyncio.run(serve(config))
     return 0
 
 

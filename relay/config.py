@@ -67,6 +67,11 @@ _TOPIC_CONFIG_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 MAX_PARTITIONS = 10_000
 MAX_REPLICATION_FACTOR = 32_767
 
+# TaskNation retries a failed delivery after 1 min, 5 min, 30 min, 2 h and 24 h,
+# so the last attempt comes 95760 s (26.6 h) after the first one.
+RETRY_SCHEDULE_S = (1 + 5 + 30 + 120 + 1440) * 60
+DEFAULT_DEDUP_WINDOW_S = 27 * 3600
+
 _ENV_REFERENCE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_WORDS = ("secret", "password", "token")
 _BUSINESS_ID = re.compile(r"^\S{1,256}$")
@@ -209,7 +214,25 @@ class ServerConfig(_Model):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     deadline_s: float = Field(default=5.0, gt=0, le=60)
     retry_after_s: int = Field(default=60, ge=1)
+    # An idle connection, or one whose request headers have not all arrived, is
+    # closed after this time. Load balancers want it above their own idle timeout.
+    keepalive_timeout_s: float = Field(default=75.0, gt=0)
+    # On SIGTERM the relay reports not ready and keeps serving this long before
+    # it stops accepting, so load balancers can stop sending to it first.
+    shutdown_drain_s: float = Field(default=0.0, ge=0, le=300)
+    # After it stops accepting, the relay waits this long for in-flight requests,
+    # then as long again for the producer to flush.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_grace(self) -> ServerConfig:
+        if self.shutdown_grace_s < self.deadline_s:
+            raise ValueError(
+                f"shutdown_grace_s ({self.shutdown_grace_s}) must be at least deadline_s "
+                f"({self.deadline_s}), so that requests in flight at shutdown are answered; "
+                "raise server.shutdown_grace_s"
+            )
+        return self
 
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -531,6 +554,20 @@ class SpoolConfig(_Model):
         return self
 
 
+class DedupConfig(_Model):
+    """Dropping of repeated deliveries of one event id.
+
+    ``window_s`` covers TaskNation's whole retry schedule, so it may not be
+    shorter than ``RETRY_SCHEDULE_S``: a retry that arrives after the window
+    would be taken for a replay and never published. Each remembered id costs
+    about 180 bytes (CPython 3.11, 64-bit), so the default cap of 500000 ids
+    takes about 90 MB and covers 27 h of traffic up to about 5 events/s.
+    """
+
+    window_s: float = Field(default=DEFAULT_DEDUP_WINDOW_S, ge=RETRY_SCHEDULE_S)
+    max_ids: int = Field(default=500_000, ge=1)
+
+
 class SourceConfig(_Model):
     """One webhook endpoint: its path, signature header, valid secrets and allow-lists.
 
@@ -587,6 +624,7 @@ class RelayConfig(_Model):
     kafka: KafkaConfig
     routing: RoutingConfig = Field(default_factory=lambda: RoutingConfig.model_validate({}))
     spool: SpoolConfig = SpoolConfig()
+    dedup: DedupConfig = DedupConfig()
     sources: tuple[SourceConfig, ...] = Field(min_length=1)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 

@@ -36,6 +36,21 @@ class BodyReadTimeout(Rejection):
     retriable = True
 
 
+class BodyMalformed(Rejection):
+    """The body's chunked framing or its gzip or deflate encoding is corrupt."""
+
+    status = 400
+    reason = "malformed_body"
+
+
+class BodyIncomplete(Rejection):
+    """The connection closed before the whole body arrived, so no one reads the response."""
+
+    status = 400
+    reason = "incomplete_body"
+    retriable = True
+
+
 class SignatureError(Rejection):
     """The delivery is not authentic: the signature is missing, malformed or wrong."""
 

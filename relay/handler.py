@@ -1,37 +1,38 @@
-"""The webhook request handler: runs the stages in order and answers.
+"""The webhook request handler: runs the stages in order and responds.
 
-read body -> pick source -> verify -> parse envelope -> route -> deliver -> answer
+read body -> pick source -> verify -> parse envelope -> drop duplicate ->
+route -> check record size -> deliver -> answer
 
-Each stage before delivery is a pure function in its own module; this file
-only sequences them, applies the deadline and maps errors to answers.
+Each stage before delivery is a pure function or object in its own module;
+this file only sequences them, applies the deadline, lets concurrent
+deliveries of one event id wait for each other and maps errors to responses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import datetime
 
 import orjson
 from aiohttp import web
 
 from relay.body import read_body
+from relay.clock import Clock, utc_now
 from relay.config import RelayConfig
+from relay.dedup import DedupWindow, Verdict
 from relay.delivery import Delivery, DeliveryOutcome
-from relay.envelope import parse_envelope
+from relay.envelope import Envelope, parse_envelope
 from relay.errors import BodyReadTimeout, DeliveryUnavailable, InvalidEnvelope, Rejection
+from relay.record_size import dead_letter_oversized, estimated_batch_bytes
 from relay.routing import Record, route_dead_letter, route_event
 from relay.signature import verify_signature
-from relay.sources import SourceTable
+from relay.sources import Source, SourceTable
+
+__all__ = ["Clock", "WebhookHandler", "utc_now"]
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class WebhookHandler:
@@ -42,12 +43,16 @@ class WebhookHandler:
         config: RelayConfig,
         sources: SourceTable,
         delivery: Delivery,
+        dedup: DedupWindow,
         clock: Clock = utc_now,
     ) -> None:
         self._config = config
         self._sources = sources
         self._delivery = delivery
+        self._dedup = dedup
         self._clock = clock
+        # (source name, event id) -> set once the delivery being published ends
+        self._publishing: dict[tuple[str, str], asyncio.Event] = {}
 
     async def handle(self, request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
@@ -69,53 +74,135 @@ class WebhookHandler:
         except TimeoutError:
             raise BodyReadTimeout("the body did not arrive within the request deadline") from None
 
-        verify_signature(body, request.headers.get(source.signature_header), source.secrets)
+        verify_signature(body, _signature_header(request, source), source.secrets)
 
-        routing = self._config.routing
-        event_id: str | None = None
-        records: list[Record]
         try:
             envelope = parse_envelope(body)
         except InvalidEnvelope as exc:
-            status = "dead_lettered"
-            records = [
-                route_dead_letter(body, source, routing, exc.reason, exc.detail, received_at)
-            ]
             log.info(
                 "dead-lettering an authentic delivery: source=%s reason=%s detail=%s",
                 source.name,
                 exc.reason,
                 exc.detail,
             )
-        else:
-            event_id = envelope.id
-            routed = route_event(envelope, body, source, routing, received_at)
+            routing = self._config.routing
+            record = route_dead_letter(body, source, routing, exc.reason, exc.detail, received_at)
+            status = await self._deliver([record], deadline, event_id=None)
+            return _json(200, {"status": status, "id": None})
+
+        return await self._handle_event(envelope, body, source, received_at, deadline)
+
+    async def _handle_event(
+        self,
+        envelope: Envelope,
+        body: bytes,
+        source: Source,
+        received_at: datetime,
+        deadline: float,
+    ) -> web.Response:
+        verdict = await self._admit(envelope, source, deadline)
+        if verdict is not Verdict.NEW:
+            return _json(200, {"status": verdict.value, "id": envelope.id})
+
+        done = asyncio.Event()
+        self._publishing[(source.name, envelope.id)] = done
+        acknowledged = False
+        try:
+            routed = route_event(envelope, body, source, self._config.routing, received_at)
             if routed.drop_reason is not None:
                 log.info(
                     "not publishing an authentic event: source=%s event_id=%r event=%r reason=%s",
                     source.name,
-                    event_id,
+                    envelope.id,
                     envelope.event,
                     routed.drop_reason,
                 )
                 return _json(
-                    200, {"status": "dropped", "id": event_id, "reason": routed.drop_reason}
+                    200, {"status": "dropped", "id": envelope.id, "reason": routed.drop_reason}
                 )
-            status = "published"
-            records = list(routed.records)
+            status = await self._deliver(routed.records, deadline, envelope.id)
+            acknowledged = True
+        finally:
+            if acknowledged:
+                self._dedup.acknowledged(source.name, envelope.id)
+            else:
+                self._dedup.abandoned(source.name, envelope.id)
+            del self._publishing[(source.name, envelope.id)]
+            done.set()
+        return _json(200, {"status": status, "id": envelope.id})
+
+    async def _admit(self, envelope: Envelope, source: Source, deadline: float) -> Verdict:
+        """Return the dedup verdict, after waiting for a delivery of the same id in flight.
+
+        When the delivery in flight fails, the next waiter to ask is admitted
+        as ``NEW`` and publishes the event itself.
+        """
+        while True:
+            verdict = self._dedup.admit(source.name, envelope.id, envelope.timestamp)
+            if verdict is not Verdict.IN_FLIGHT:
+                break
+            done = self._publishing[(source.name, envelope.id)]
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await done.wait()
+            except TimeoutError:
+                raise DeliveryUnavailable(
+                    f"another delivery of event_id={envelope.id} was still being published "
+                    f"after {self._config.server.deadline_s} s"
+                ) from None
+
+        if verdict is Verdict.DUPLICATE:
+            log.info("dropping a duplicate: source=%s event_id=%s", source.name, envelope.id)
+        elif verdict is Verdict.REPLAY:
+            log.info(
+                "dropping a replay older than dedup.window_s: source=%s event_id=%s timestamp=%s",
+                source.name,
+                envelope.id,
+                envelope.timestamp.isoformat(),
+            )
+        return verdict
+
+    async def _deliver(
+        self, records: Sequence[Record], deadline: float, event_id: str | None
+    ) -> str:
+        """Publish ``records`` within the deadline and return the status for the response."""
+        status = "dead_lettered" if event_id is None else "published"
+        checked = []
+        for record in records:
+            fitting = self._fit(record, event_id)
+            if fitting is not record:
+                status = "dead_lettered"
+            checked.append(fitting)
 
         try:
             async with asyncio.timeout_at(deadline):
-                outcome = await self._delivery.deliver(records, deadline)
+                outcome = await self._delivery.deliver(checked, deadline)
         except TimeoutError:
             raise DeliveryUnavailable(
                 f"Kafka did not acknowledge within {self._config.server.deadline_s} s "
                 f"(event_id={event_id})"
             ) from None
-
         if outcome is DeliveryOutcome.SPOOLED and status == "published":
             status = "spooled"
-        return _json(200, {"status": status, "id": event_id})
+        return status
+
+    def _fit(self, record: Record, event_id: str | None) -> Record:
+        """Return ``record``, or its truncated dead-letter stand-in when it cannot be sent."""
+        size = estimated_batch_bytes(record)
+        limit = self._config.kafka.max_request_size
+        if size <= limit:
+            return record
+        dead_letter_topic = self._config.routing.dead_letter_topic
+        log.warning(
+            "refusing a record of %d bytes for %s, more than kafka.max_request_size (%d): "
+            "event_id=%s; sending a truncated copy to %s instead",
+            size,
+            record.topic,
+            limit,
+            event_id,
+            dead_letter_topic,
+        )
+        return dead_letter_oversized(record, size, limit, dead_letter_topic)
 
     def _reject(self, request: web.Request, exc: Rejection) -> web.Response:
         log.info(
@@ -129,6 +216,12 @@ class WebhookHandler:
         if exc.retriable:
             headers["Retry-After"] = str(self._config.server.retry_after_s)
         return _json(exc.status, {"error": exc.reason, "message": str(exc)}, headers)
+
+
+def _signature_header(request: web.Request, source: Source) -> str | None:
+    """Return the signature header, with repeated header lines joined by commas (RFC 9110)."""
+    values = request.headers.getall(source.signature_header, [])
+    return ",".join(values) if values else None
 
 
 def _json(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
 from relay.app import create_app
+from relay.clock import Clock
 from relay.config import RelayConfig, parse_config
 from tests.kafka_broker import KafkaBroker
 
@@ -22,6 +25,17 @@ log = logging.getLogger(__name__)
 
 CONFLUENT_KAFKA_IMAGE = "confluentinc/cp-kafka:8.1.0"  # Apache Kafka 4.1
 TEST_SECRET = "test-webhook-secret"
+# The `timestamp` of the sample events. The relay drops an event older than its
+# dedup window as a replay, so relays in tests run on a clock that starts one
+# minute after it.
+SAMPLE_TIME = datetime(2026, 2, 15, 10, 30, tzinfo=UTC)
+_CLOCK_ORIGIN = time.monotonic()
+
+
+def sample_clock() -> datetime:
+    """Return a time that starts one minute after ``SAMPLE_TIME`` and advances in real time."""
+    elapsed = timedelta(seconds=time.monotonic() - _CLOCK_ORIGIN)
+    return SAMPLE_TIME + timedelta(minutes=1) + elapsed
 
 
 def _docker_engine_answers() -> bool:
@@ -118,8 +132,10 @@ async def relay_client_factory() -> AsyncIterator[Callable[[RelayConfig], Any]]:
     """Return a factory that serves a relay on a free loopback port and yields its client."""
     clients: list[TestClient[Any, Any]] = []
 
-    async def start(config: RelayConfig, wait_ready: bool = True) -> TestClient[Any, Any]:
-        client = TestClient(TestServer(create_app(config), host="127.0.0.1"))
+    async def start(
+        config: RelayConfig, wait_ready: bool = True, clock: Clock = sample_clock
+    ) -> TestClient[Any, Any]:
+        client = TestClient(TestServer(create_app(config, clock), host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
         if wait_ready:

@@ -114,8 +114,9 @@ async def test_stopped_broker_gets_503_within_deadline(
     assert first.status == 200
 
     await asyncio.to_thread(dedicated_broker.stop)
+    second = event_body("lead.created", leadID="L1")
     started = time.monotonic()
-    response = await client.post(PATH, data=body, headers=signed_headers(body))
+    response = await client.post(PATH, data=second, headers=signed_headers(second))
     elapsed = time.monotonic() - started
 
     assert response.status == 503

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +18,12 @@ from tests.kafka_records import consume
 from tests.test_webhook_kafka import DOC_SAMPLE, PATH, signed_headers
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def fresh_sample() -> bytes:
+    """Return the documented sample with the current time, which `relay serve` does not drop."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+    return DOC_SAMPLE.replace(b"2026-02-15T10:30:00Z", now)
 
 
 def start_relay(config: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -57,11 +64,12 @@ async def test_serve_publishes_and_stops_on_sigterm(kafka_bootstrap, topic_prefi
         {"TASKNATION_WEBHOOK_SECRET": TEST_SECRET, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
     )
     base = f"http://127.0.0.1:{port}"
+    body = fresh_sample()
     try:
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, base)
             async with session.post(
-                base + PATH, data=DOC_SAMPLE, headers=signed_headers(DOC_SAMPLE)
+                base + PATH, data=body, headers=signed_headers(body)
             ) as response:
                 assert response.status == 200
     finally:
@@ -73,7 +81,7 @@ async def test_serve_publishes_and_stops_on_sigterm(kafka_bootstrap, topic_prefi
     assert f"Kafka at {kafka_bootstrap}" in log
     assert TEST_SECRET not in log
     records = await consume(kafka_bootstrap, [f"{topic_prefix}lead.created"], count=1)
-    assert records[0].value == DOC_SAMPLE
+    assert records[0].value == body
 
 
 def test_invalid_config_stops_at_start(tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 
-from relay.config import RECORD_OVERHEAD_BYTES, load_config, parse_config
+from relay.config import RECORD_OVERHEAD_BYTES, RETRY_SCHEDULE_S, load_config, parse_config
 from relay.errors import ConfigError
 
 MINIMAL = """
@@ -316,3 +316,28 @@ def test_spool_segment_within_max_bytes() -> None:
     text = MINIMAL + "spool:\n  max_bytes: 1048576\n  segment_bytes: 2097152\n"
     with pytest.raises(ConfigError, match=r"spool.segment_bytes \(2097152\) must not exceed"):
         parse_config(text, environ=ENV)
+
+
+def test_dedup_defaults_cover_retries() -> None:
+    config = parse_config(MINIMAL, environ=ENV)
+    assert config.dedup.window_s == 27 * 3600
+    assert config.dedup.window_s >= RETRY_SCHEDULE_S
+    assert config.dedup.max_ids == 500_000
+
+
+def test_short_dedup_window_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"dedup\.window_s: .*greater than or equal to 95760"):
+        parse_config(MINIMAL + "dedup:\n  window_s: 3600\n", environ=ENV)
+
+
+def test_grace_shorter_than_deadline_rejected() -> None:
+    text = MINIMAL + "server:\n  deadline_s: 5\n  shutdown_grace_s: 2\n"
+    with pytest.raises(ConfigError, match=r"server: shutdown_grace_s \(2\.0\) must be at least"):
+        parse_config(text, environ=ENV)
+
+
+def test_server_timeouts_configurable() -> None:
+    text = MINIMAL + "server:\n  keepalive_timeout_s: 30\n  shutdown_drain_s: 5\n"
+    config = parse_config(text, environ=ENV)
+    assert config.server.keepalive_timeout_s == 30
+    assert config.server.shutdown_drain_s == 5

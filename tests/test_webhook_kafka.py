@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
@@ -36,10 +37,16 @@ def signed_headers(body: bytes, secret: str = TEST_SECRET) -> dict[str, str]:
     return {"X-TaskNation-Signature": sign(body, secret.encode())}
 
 
-def event_body(event: str = "message.received", **data: Any) -> bytes:
-    return orjson.dumps(
-        {"id": "evt_test_1", "event": event, "timestamp": "2026-02-15T10:30:00Z", "data": data}
-    )
+def event_body(
+    event: str = "message.received",
+    event_id: str | None = None,
+    timestamp: str = "2026-02-15T10:30:00Z",
+    **data: Any,
+) -> bytes:
+    """Return an event body; each call gets a new event id unless ``event_id`` is given."""
+    if event_id is None:
+        event_id = f"evt_{uuid.uuid4().hex[:16]}"
+    return orjson.dumps({"id": event_id, "event": event, "timestamp": timestamp, "data": data})
 
 
 async def test_doc_sample_published_unchanged(kafka_bootstrap, topic_prefix, relay_client_factory):
