@@ -7,6 +7,7 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import aiohttp
 import orjson
@@ -31,7 +32,8 @@ def delivery(event_id: str, event: str, key: str) -> tuple[bytes, dict[str, str]
         {
             "id": event_id,
             "event": event,
-            "timestamp": "2026-02-15T10:30:00Z",
+            # The current time, so that relays on the real clock never take it for a replay.
+            "timestamp": datetime.now(UTC).isoformat(),
             "data": {"leadID": key, "note": "fault test"},
         }
     )

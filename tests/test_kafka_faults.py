@@ -87,20 +87,20 @@ async def test_out_of_order_sequence_replaces_producer(
     client = await relay_client_factory(make_config(kafka_bootstrap, topic_prefix))
     publisher = client.server.app[PUBLISHER_KEY]
     topic = f"{topic_prefix}lead.created"
-    first = event_body("lead.created", leadID="L1").replace(b"evt_test_1", b"evt_first")
+    first = event_body("lead.created", event_id="evt_first", leadID="L1")
     assert (await _post(client, first))[0] == 200
 
     # A producer is left with a sequence gap when the broker lost its producer
     # state. The broker then returns OUT_OF_ORDER_SEQUENCE_NUMBER to every later batch.
     publisher._producer._txn_manager.increment_sequence_number(TopicPartition(topic, 0), 5)
-    broken = event_body("lead.created", leadID="L1").replace(b"evt_test_1", b"evt_broken")
+    broken = event_body("lead.created", event_id="evt_broken", leadID="L1")
     status, answer = await _post(client, broken)
     assert status == 503
     assert answer["error"] == "kafka_unavailable"
     assert "OutOfOrderSequenceNumber" in answer["message"]
 
     await wait_until_ready(client)
-    after = event_body("lead.created", leadID="L1").replace(b"evt_test_1", b"evt_after")
+    after = event_body("lead.created", event_id="evt_after", leadID="L1")
     assert (await _post(client, after))[0] == 200
     assert publisher.replacements == 1
     seen = await consume_event_ids(kafka_bootstrap, [topic], {"evt_first", "evt_after"})
@@ -126,7 +126,7 @@ async def test_dead_sender_task_replaces_producer(
     assert answer["error"] == "kafka_unavailable"
 
     await wait_until_ready(client)
-    after = event_body("lead.created", leadID="L3").replace(b"evt_test_1", b"evt_after")
+    after = event_body("lead.created", event_id="evt_after", leadID="L3")
     assert (await _post(client, after))[0] == 200
     assert publisher.replacements == 1
     assert "evt_after" in await consume_event_ids(kafka_bootstrap, [topic], {"evt_after"})

@@ -89,8 +89,11 @@ async def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout_s: f
     raise AssertionError(f"no log line contains {text!r} within {timeout_s} s:\n{caplog.text}")
 
 
+SECURE_EVENT_ID = "evt_secure_1"
+
+
 async def publish_one(client: Any, topic_event: str) -> Any:
-    body = event_body(topic_event, leadID="L1")
+    body = event_body(topic_event, event_id=SECURE_EVENT_ID, leadID="L1")
     return await client.post(PATH, data=body, headers=signed_headers(body))
 
 
@@ -107,7 +110,8 @@ async def test_sasl_ssl_publishes_end_to_end(
     assert response.status == 200
     assert (await response.json())["status"] == "published"
     records = await consume_secure(config, f"{topic_prefix}lead.created", count=1)
-    assert [record.value for record in records] == [event_body("lead.created", leadID="L1")]
+    expected = event_body("lead.created", event_id=SECURE_EVENT_ID, leadID="L1")
+    assert [record.value for record in records] == [expected]
 
 
 async def test_client_certificate_publishes(secure_broker, pki, topic_prefix, relay_client_factory):
