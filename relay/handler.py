@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
@@ -25,6 +26,7 @@ from relay.dedup import DedupWindow, Verdict
 from relay.delivery import Delivery, DeliveryOutcome
 from relay.envelope import Envelope, parse_envelope
 from relay.errors import BodyReadTimeout, DeliveryUnavailable, InvalidEnvelope, Rejection
+from relay.metrics import RelayMetrics, event_type_label
 from relay.record_size import dead_letter_oversized, estimated_batch_bytes
 from relay.routing import Record, route_dead_letter, route_event
 from relay.signature import verify_signature
@@ -45,8 +47,10 @@ class WebhookHandler:
         delivery: Delivery,
         dedup: DedupWindow,
         clock: Clock = utc_now,
+        metrics: RelayMetrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics or RelayMetrics()
         self._sources = sources
         self._delivery = delivery
         self._dedup = dedup
@@ -57,16 +61,30 @@ class WebhookHandler:
     async def handle(self, request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.server.deadline_s
+        report = _Report()
+        self._metrics.in_flight.inc()
         try:
-            return await self._handle(request, deadline)
+            response = await self._handle(request, deadline, report)
         except Rejection as exc:
-            return self._reject(request, exc)
+            response = self._reject(request, exc, report)
+        finally:
+            self._metrics.in_flight.dec()
+        self._count(report, response.status)
+        return response
 
-    async def _handle(self, request: web.Request, deadline: float) -> web.Response:
+    def _count(self, report: _Report, status: int) -> None:
+        source = report.source or "unknown"
+        event_type = event_type_label(report.event)
+        self._metrics.deliveries.labels(source, event_type, str(status)).inc()
+        if report.outcome not in _PUBLISHED_OUTCOMES:
+            self._metrics.rejections.labels(source, report.outcome).inc()
+
+    async def _handle(self, request: web.Request, deadline: float, report: _Report) -> web.Response:
         received_at = self._clock()
         source = self._sources.match(request.path)
         if source is None:
             raise web.HTTPNotFound()
+        report.source = source.name
 
         try:
             async with asyncio.timeout_at(deadline):
@@ -84,13 +102,16 @@ class WebhookHandler:
                 source.name,
                 exc.reason,
                 exc.detail,
+                extra={"source": source.name, "reason": exc.reason},
             )
             routing = self._config.routing
             record = route_dead_letter(body, source, routing, exc.reason, exc.detail, received_at)
             status = await self._deliver([record], deadline, event_id=None)
-            return _json(200, {"status": status, "id": None})
+            return report.answer(200, {"status": status, "id": None})
 
-        return await self._handle_event(envelope, body, source, received_at, deadline)
+        report.event = envelope.event
+        report.event_id = envelope.id
+        return await self._handle_event(envelope, body, source, received_at, deadline, report)
 
     async def _handle_event(
         self,
@@ -99,10 +120,11 @@ class WebhookHandler:
         source: Source,
         received_at: datetime,
         deadline: float,
+        report: _Report,
     ) -> web.Response:
         verdict = await self._admit(envelope, source, deadline)
         if verdict is not Verdict.NEW:
-            return _json(200, {"status": verdict.value, "id": envelope.id})
+            return report.answer(200, {"status": verdict.value, "id": envelope.id})
 
         done = asyncio.Event()
         self._publishing[(source.name, envelope.id)] = done
@@ -117,7 +139,7 @@ class WebhookHandler:
                     envelope.event,
                     routed.drop_reason,
                 )
-                return _json(
+                return report.answer(
                     200, {"status": "dropped", "id": envelope.id, "reason": routed.drop_reason}
                 )
             status = await self._deliver(routed.records, deadline, envelope.id)
@@ -129,7 +151,7 @@ class WebhookHandler:
                 self._dedup.abandoned(source.name, envelope.id)
             del self._publishing[(source.name, envelope.id)]
             done.set()
-        return _json(200, {"status": status, "id": envelope.id})
+        return report.answer(200, {"status": status, "id": envelope.id})
 
     async def _admit(self, envelope: Envelope, source: Source, deadline: float) -> Verdict:
         """Return the dedup verdict, after waiting for a delivery of the same id in flight.
@@ -204,18 +226,45 @@ class WebhookHandler:
         )
         return dead_letter_oversized(record, size, limit, dead_letter_topic)
 
-    def _reject(self, request: web.Request, exc: Rejection) -> web.Response:
+    def _reject(self, request: web.Request, exc: Rejection, report: _Report) -> web.Response:
         log.info(
             "rejected delivery: path=%s status=%d reason=%s: %s",
             request.path,
             exc.status,
             exc.reason,
             exc,
+            extra={
+                "source": report.source,
+                "event_id": report.event_id,
+                "event_type": report.event,
+                "reason": exc.reason,
+                "status": exc.status,
+            },
         )
         headers = {}
         if exc.retriable:
             headers["Retry-After"] = str(self._config.server.retry_after_s)
+        report.outcome = exc.reason
         return _json(exc.status, {"error": exc.reason, "message": str(exc)}, headers)
+
+
+# Outcomes that put the event in Kafka or the spool; every other outcome counts as a rejection.
+_PUBLISHED_OUTCOMES = frozenset({"published", "spooled"})
+
+
+@dataclass(slots=True)
+class _Report:
+    """What one request learned about its delivery, for metrics and log context."""
+
+    source: str | None = None
+    event: str | None = None
+    event_id: str | None = None
+    outcome: str = "unknown"
+
+    def answer(self, status: int, payload: dict[str, object]) -> web.Response:
+        """Return the JSON response, recording its ``status`` field as the outcome."""
+        self.outcome = str(payload["status"])
+        return _json(status, payload)
 
 
 def _signature_header(request: web.Request, source: Source) -> str | None:
