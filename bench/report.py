@@ -77,13 +77,23 @@ def versions() -> dict[str, Any]:
 
 
 def ratios(runs: Sequence[RunStats]) -> dict[str, float | None]:
-    """Return the relay's saturation throughput as a fraction of each ceiling's."""
+    """Return the relay's saturation throughput as a fraction of each ceiling's.
+
+    ``noop_to_relay_cpu_per_delivery`` is the no-op server's CPU time per
+    delivery over the relay's, both at saturation: the throughput ratio that
+    two CPU-bound single processes reach when they get the same CPU share. It
+    varies less than the throughput ratio when other processes load the machine.
+    """
     relay = _find(runs, RELAY, SATURATION)
     noop = _find(runs, NOOP, SATURATION)
     producer = _find(runs, PRODUCER, SATURATION)
+    cpu_ratio = None
+    if relay and noop and relay.cpu_ms_per_1k and noop.cpu_ms_per_1k:
+        cpu_ratio = round(noop.cpu_ms_per_1k / relay.cpu_ms_per_1k, 3)
     return {
         "relay_to_noop_throughput": _ratio(relay, noop),
         "relay_to_producer_throughput": _ratio(relay, producer),
+        "noop_to_relay_cpu_per_delivery": cpu_ratio,
     }
 
 

@@ -11,7 +11,8 @@ from the tests' fixture code, creates the topics, then measures in turn:
 
 It then reads the relay's topics and checks that every delivery that got a
 2xx response is there, prints a Markdown table and writes the results as JSON. The
-exit status is 0 on success, 1 when a record is missing, 2 on a setup error.
+exit status is 0 on success, 1 when verification fails, 2 when the
+benchmark could not run (vegeta missing, a process failed to start).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from typing import Any
 import orjson
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 from bench import report
 from bench.loadgen import Attack, LoadGeneratorError, RequestResult, Vegeta, find_vegeta
@@ -119,10 +121,17 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         prog="python3 -m bench.run", description=__doc__.split("\n\n")[0]
     )
     add = parser.add_argument
-    add("--duration", type=float, default=15.0, help="seconds per measured run (default: 15)")
+    add(
+        "--duration",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="seconds per measured run (default: 15)",
+    )
     add(
         "--rate",
         type=int,
+        metavar="PER_S",
         default=0,
         help="requests per second of the fixed-rate runs (default: half the relay's saturation "
         "throughput)",
@@ -130,14 +139,21 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     add(
         "--concurrency",
         type=int,
+        metavar="N",
         default=64,
         help="concurrent requests at saturation, for vegeta and the producer (default: 64)",
     )
-    add("--partitions", type=int, default=3, help="partitions per topic (default: 3)")
-    add("--linger-ms", type=int, help="kafka.linger_ms of the relay (default: the relay's)")
+    add("--partitions", type=int, default=3, metavar="N", help="partitions per topic (default: 3)")
+    add(
+        "--linger-ms",
+        type=int,
+        metavar="MS",
+        help="kafka.linger_ms of the relay (default: the relay's)",
+    )
     add(
         "--saturation-requests",
         type=int,
+        metavar="N",
         default=100_000,
         help="deliveries generated for the saturation runs; a run ends when they run out or "
         "after --duration (default: 100000)",
@@ -145,6 +161,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     add(
         "--warmup-requests",
         type=int,
+        metavar="N",
         default=1000,
         help="deliveries sent before each server's measured runs (default: 1000)",
     )
@@ -157,8 +174,17 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="after the measured runs, profile the relay with py-spy at saturation for this "
         "many seconds (default: 0, no profile)",
     )
-    add("--bootstrap", help="use this running Kafka broker instead of starting one")
-    add("--output", type=Path, help=f"JSON results file (default: {RESULTS_DIR}/<time>.json)")
+    add(
+        "--bootstrap",
+        metavar="HOST:PORT",
+        help="use this running Kafka broker instead of starting one",
+    )
+    add(
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help=f"JSON results file (default: {RESULTS_DIR}/<time>.json)",
+    )
     add("--keep-workdir", action="store_true", help="keep the temporary files and logs")
     args = parser.parse_args(argv)  # fmt: skip
 
@@ -402,7 +428,10 @@ def run_benchmark(
         "machine": machine,
         "versions": report.versions(),
         "settings": {
-            **{key: str(value) for key, value in settings.__dict__.items()},
+            **{
+                key: str(value) if isinstance(value, Path) else value
+                for key, value in asdict(settings).items()
+            },
             "fixed_rate_per_s": workspace.fixed_rate_per_s,
             "relay_config": (root / "relay.yaml").read_text(),
         },
@@ -430,11 +459,14 @@ def main(argv: list[str] | None = None) -> int:
     settings.output.parent.mkdir(parents=True, exist_ok=True)
     try:
         document, verification = run_benchmark(settings, vegeta, root)
-    finally:
-        if settings.keep_workdir:
-            log.info("kept the work folder %s", root)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    except (RuntimeError, OSError, subprocess.CalledProcessError, KafkaError) as exc:
+        # The logs of the broker and the servers stay in the work folder for diagnosis.
+        log.error("the benchmark failed: %s; logs are in %s", exc, root)
+        return 2
+    if settings.keep_workdir:
+        log.info("kept the work folder %s", root)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
     settings.output.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     print(document["table"])

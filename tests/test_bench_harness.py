@@ -107,6 +107,7 @@ def test_report_has_every_field():
     assert report.ratios(runs) == {
         "relay_to_noop_throughput": 0.8,
         "relay_to_producer_throughput": 0.4,
+        "noop_to_relay_cpu_per_delivery": 0.8,
     }
     targets = report.targets(runs)
     assert targets["relay_to_noop_throughput"]["met"] is True
