@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -55,6 +56,9 @@ WEBHOOK_PATH = "/webhooks/tasknation"
 TOPIC_PREFIX = "tasknation."
 CEILING_TOPIC_PREFIX = "bench.ceiling."
 BENCH_SECRET = "bench-webhook-secret"
+# Pause before each measured run, so that the broker and the server under test
+# finish the work of the previous run (flushes, acknowledgements) first.
+SETTLE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -278,6 +282,7 @@ def measure(
     vegeta: Vegeta, server: ServerProcess, attack: Attack, target: str, root: Path
 ) -> tuple[RunStats, list[RequestResult]]:
     """Run one attack against ``server`` and summarize it with the server's CPU and memory."""
+    time.sleep(SETTLE_S)
     machine_before = MachineCpu.read()
     cpu_before = process_cpu_s(server.pid)
     results_file, loadgen_cpu_s = vegeta.attack(attack, root)
@@ -380,6 +385,7 @@ def bench_producer(workspace: Workspace) -> list[RunStats]:
              "--rate", str(rate), "--concurrency", str(settings.concurrency),
              "--output", str(output)]
         )  # fmt: skip
+        time.sleep(SETTLE_S)
         machine_before = MachineCpu.read()
         subprocess.run(command, env=env, cwd=REPO, check=True)
         busy = MachineCpu.read().busy_percent_since(machine_before)

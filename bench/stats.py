@@ -57,6 +57,9 @@ class RunStats:
     loadgen_cpu_ms_per_1k: float | None
     machine_busy_percent: float
     statuses: dict[str, int] = field(default_factory=dict)
+    # One entry per second of the run, by request start: it shows whether a high
+    # p99 comes from one stall or from every second.
+    timeline: list[dict[str, float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,4 +118,30 @@ def summarize(
         loadgen_cpu_ms_per_1k=per_1k(resources.loadgen_cpu_s),
         machine_busy_percent=round(resources.machine_busy_percent, 1),
         statuses=dict(sorted(statuses.items())),
+        timeline=per_second(samples),
     )
+
+
+def per_second(samples: Sequence[Sample]) -> list[dict[str, float]]:
+    """Return the request count and the p50, p99 and max latency in ms of each second."""
+    if not samples:
+        return []
+    first_start = min(sample.started_ns for sample in samples)
+    seconds: dict[int, list[int]] = {}
+    for sample in samples:
+        if sample.status > 0:
+            second = (sample.started_ns - first_start) // 1_000_000_000
+            seconds.setdefault(second, []).append(sample.latency_ns)
+    timeline = []
+    for second, latencies in sorted(seconds.items()):
+        latencies.sort()
+        timeline.append(
+            {
+                "second": second,
+                "requests": len(latencies),
+                "p50_ms": round(percentile(latencies, 0.50) / 1e6, 1),
+                "p99_ms": round(percentile(latencies, 0.99) / 1e6, 1),
+                "max_ms": round(latencies[-1] / 1e6, 1),
+            }
+        )
+    return timeline

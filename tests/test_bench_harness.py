@@ -104,6 +104,9 @@ def test_report_has_every_field():
     assert relay["ok"] == 800
     assert relay["failed"] == 1
     assert relay["statuses"] == {"200": 800, "503": 1}
+    assert relay["timeline"] == [
+        {"second": 0, "requests": 801, "p50_ms": 5.0, "p99_ms": 5.0, "max_ms": 5.0}
+    ]
     assert report.ratios(runs) == {
         "relay_to_noop_throughput": 0.8,
         "relay_to_producer_throughput": 0.4,
