@@ -92,24 +92,14 @@ def summarize_profile(lines: Iterable[str]) -> dict[str, Any]:
 
 
 def _frame_name(frame: str) -> str:
-    """Turn ``send (.../aiokafka/producer/producer.py:123)`` into a path:function name."""
+    """Turn ``send (aiokafka/producer/producer.py:123)`` into a path:function name."""
+    # py-spy prints paths relative to sys.path unless given --full-filenames.
     match = _FRAME.match(frame.strip())
     if match is None:
         return frame.strip()
-    path = match["file"]
-    for marker in ("site-packages/", "lib/python3."):
-        if marker in path:
-            path = path.split(marker, 1)[1]
-            if marker.startswith("lib/"):
-                path = path.split("/", 1)[-1]
-    return f"{path}:{match['function']}"
+    return f"{match['file']}:{match['function']}"
 
 
 def _package(frame_name: str) -> str:
-    path = frame_name.split(":", 1)[0]
-    first = path.split("/", 1)[0]
-    if first in _PACKAGES:
-        return first
-    if path.startswith(("relay/", "/")) and "/relay/" in f"/{path}":
-        return "relay"
-    return "other (stdlib, C code, interpreter)"
+    first = frame_name.split(":", 1)[0].split("/", 1)[0]
+    return first if first in _PACKAGES else "other (stdlib, C code, interpreter)"

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from bench import report
 from bench.loadgen import LoadGeneratorError, find_vegeta, parse_results
 from bench.payloads import EVENT_TYPES, MAX_BODY_BYTES, MIN_BODY_BYTES, iter_deliveries
+from bench.profile import summarize_profile
 from bench.stats import FIXED_RATE, SATURATION, Resources, Sample, percentile, summarize
 from bench.verify import sent_delivery, verify
 from relay.envelope import parse_envelope
@@ -121,6 +122,30 @@ def test_report_has_every_field():
     assert table.count("\n| ") == 6
     assert "p99.9 ms" in table
     assert "(MISSED)" in table
+
+
+def test_profile_summary_counts_frames():
+    raw = [
+        "BaseEventLoop._run_once (asyncio/base_events.py:1922);handle (relay/handler.py:56);"
+        "send (aiokafka/producer/producer.py:480) 3",
+        "BaseEventLoop._run_once (asyncio/base_events.py:1922);"
+        "write (asyncio/selector_events.py:1070) 1",
+        "not a stack line",
+    ]
+
+    summary = summarize_profile(raw)
+
+    assert summary["samples"] == 4
+    assert summary["top_own"][0] == {
+        "function": "aiokafka/producer/producer.py:send",
+        "samples": 3,
+        "percent": 75.0,
+    }
+    packages = {entry["function"]: entry["samples"] for entry in summary["own_by_package"]}
+    assert packages == {"aiokafka": 3, "asyncio": 1}
+    totals = {entry["function"]: entry["samples"] for entry in summary["top_total"]}
+    assert totals["relay/handler.py:handle"] == 3
+    assert "asyncio/base_events.py:BaseEventLoop._run_once" not in totals
 
 
 async def _publish(bootstrap: str, topic: str, records: dict[str, bytes]) -> None:
