@@ -1,0 +1,128 @@
+"""Server processes under test and their resource use, read from /proc."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """Return the user plus system CPU time of ``pid`` so far, in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name in field 2 may contain spaces, so fields are counted after its ")".
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / CLOCK_TICKS_PER_S
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """Return the peak resident set size of ``pid`` (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmHWM line")
+
+
+@dataclass(frozen=True, slots=True)
+class MachineCpu:
+    """The machine's CPU time counters from /proc/stat, in clock ticks."""
+
+    busy: int
+    total: int
+
+    @classmethod
+    def read(cls) -> MachineCpu:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle and iowait
+        total = sum(fields[:8])  # guest time is already counted in user time
+        return cls(busy=total - idle, total=total)
+
+    def busy_percent_since(self, earlier: MachineCpu) -> float:
+        """Return the share of all cores that was busy between ``earlier`` and this reading."""
+        total = self.total - earlier.total
+        return 100.0 * (self.busy - earlier.busy) / total if total else 0.0
+
+
+class ServerProcess:
+    """An HTTP server run as a child process, ready once ``ready_url`` returns 200."""
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        ready_url: str,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.command = list(command)
+        self.ready_url = ready_url
+        self.log_path = log_path
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError(f"{self.name} is not running")
+        return self._process.pid
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start the process and return once ``ready_url`` returns 200."""
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self._process.returncode} at start; "
+                    f"see {self.log_path}"
+                )
+            if _responds_ok(self.ready_url):
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.name} was not ready within {timeout_s} s; see {self.log_path}")
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """Stop the process with SIGTERM, then SIGKILL, and return its exit code."""
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _responds_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
