@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -15,6 +15,7 @@ from relay.config import RECORD_OVERHEAD_BYTES, RelayConfig
 from relay.dedup import DedupWindow
 from relay.delivery import Delivery, Publisher
 from relay.handler import WebhookHandler
+from relay.metrics import CONTENT_TYPE, RelayMetrics
 from relay.sources import SourceTable
 from relay.topics import topic_check
 
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 CONFIG_KEY = web.AppKey("config", RelayConfig)
 PUBLISHER_KEY = web.AppKey("publisher", Publisher)
 DELIVERY_KEY = web.AppKey("delivery", Delivery)
+METRICS_KEY = web.AppKey("metrics", RelayMetrics)
+# On the admin application: the relay application whose state the probes report.
+RELAY_APP_KEY = web.AppKey("relay_app", web.Application)
 # Set when shutdown begins: /readyz returns 503 and every response closes its connection.
 STOPPING_KEY = web.AppKey("stopping", asyncio.Event)
 
@@ -64,28 +68,57 @@ def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
         client_max_size=config.server.max_body_bytes,
         middlewares=[_track_request],
     )
+    metrics = RelayMetrics()
     # The largest spooled delivery is one record of at most the body limit plus headers.
     delivery = Delivery.from_config(
-        config.kafka, config.spool, config.server.max_body_bytes + RECORD_OVERHEAD_BYTES
+        config.kafka, config.spool, config.server.max_body_bytes + RECORD_OVERHEAD_BYTES, metrics
     )
+    metrics.watch_spool(*_spool_gauges(delivery))
     dedup = DedupWindow(config.dedup, clock)
     app[CONFIG_KEY] = config
     app[PUBLISHER_KEY] = delivery.publisher
     app[DELIVERY_KEY] = delivery
+    app[METRICS_KEY] = metrics
     app[STOPPING_KEY] = asyncio.Event()
     app[REQUESTS_KEY] = RequestCounter()
 
     sources = SourceTable(config.sources)
-    handler = WebhookHandler(config, sources, delivery, dedup, clock)
+    handler = WebhookHandler(config, sources, delivery, dedup, clock, metrics)
     for source in sources:
         app.router.add_post(source.path, handler.handle)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
+    if config.server.admin_port is None:
+        _add_admin_routes(app)
 
     app.cleanup_ctx.append(_publisher_lifetime)
     app.cleanup_ctx.append(topic_check(config))
     app.cleanup_ctx.append(_spool_lifetime)
     return app
+
+
+def create_admin_app(relay_app: web.Application) -> web.Application:
+    """Build the application that serves the probes and metrics of ``relay_app``."""
+    admin = web.Application()
+    admin[RELAY_APP_KEY] = relay_app
+    _add_admin_routes(admin)
+    return admin
+
+
+def _add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+
+
+def _spool_gauges(delivery: Delivery) -> tuple[Callable[[], float], Callable[[], float]]:
+    def depth() -> float:
+        stats = delivery.spool_stats()
+        return 0.0 if stats is None else float(stats.depth)
+
+    def oldest_age_s() -> float:
+        stats = delivery.spool_stats()
+        return 0.0 if stats is None or stats.oldest_age_s is None else stats.oldest_age_s
+
+    return depth, oldest_age_s
 
 
 async def serve(config: RelayConfig, clock: Clock = utc_now) -> None:
@@ -111,18 +144,32 @@ async def serve(config: RelayConfig, clock: Clock = utc_now) -> None:
     # Installed before start-up and kept until the end, so that neither an
     # early signal nor a repeated one kills the process with connections open.
     stop_signal = _catch_stop_signals(loop)
+    admin_runner = None
     try:
         await runner.setup()
         try:
             site = web.TCPSite(runner, server.host, server.port)
             await site.start()
+            if server.admin_port is not None:
+                admin_runner = await _start_admin(app, server.host, server.admin_port)
             await _drain(app, runner, await stop_signal)
         finally:
             await runner.cleanup()
+            # The probes keep answering (503) until the relay has stopped.
+            if admin_runner is not None:
+                await admin_runner.cleanup()
     finally:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
     log.info("relay stopped")
+
+
+async def _start_admin(app: web.Application, host: str, port: int) -> web.AppRunner:
+    admin_runner = web.AppRunner(create_admin_app(app), handle_signals=False, access_log=None)
+    await admin_runner.setup()
+    await web.TCPSite(admin_runner, host, port).start()
+    log.info("serving /healthz, /readyz and /metrics on %s:%d", host, port)
+    return admin_runner
 
 
 async def _drain(app: web.Application, runner: web.AppRunner, signal_name: str) -> None:
@@ -207,10 +254,21 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def _relay_app(request: web.Request) -> web.Application:
+    """Return the relay application, also when the request came to the admin port."""
+    return request.app.get(RELAY_APP_KEY) or request.app
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = _relay_app(request)[METRICS_KEY].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 async def _readyz(request: web.Request) -> web.Response:
-    if request.app[STOPPING_KEY].is_set():
+    app = _relay_app(request)
+    if app[STOPPING_KEY].is_set():
         return web.json_response({"status": "shutting_down"}, status=503)
-    delivery = request.app[DELIVERY_KEY]
+    delivery = app[DELIVERY_KEY]
     report: dict[str, object] = {
         "status": "ready" if delivery.ready else "not_ready",
         "kafka": "connected" if delivery.publisher.connected else "not connected",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -16,6 +15,7 @@ from relay import __version__
 from relay.app import serve
 from relay.config import RelayConfig, SourceConfig, load_config
 from relay.errors import ConfigError, TopicAdminError
+from relay.logs import configure_logging
 from relay.routing import header_names
 from relay.topics import TopicResult, ensure_topics, find_missing_topics
 
@@ -93,11 +93,7 @@ def _serve(args: argparse.Namespace, config: RelayConfig) -> int:
         server = config.server.model_copy(update=overrides)
         config = config.model_copy(update={"server": server})
 
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config.log_level, config.log_format)
     asyncio.run(serve(config))
     return 0
 

@@ -211,6 +211,9 @@ class ServerConfig(_Model):
 
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
+    # When set, /healthz, /readyz and /metrics are served only on this port (same
+    # host), so they are never exposed together with the webhook paths.
+    admin_port: int | None = Field(default=None, ge=0, le=65535)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     deadline_s: float = Field(default=5.0, gt=0, le=60)
     retry_after_s: int = Field(default=60, ge=1)
@@ -627,6 +630,8 @@ class RelayConfig(_Model):
     dedup: DedupConfig = DedupConfig()
     sources: tuple[SourceConfig, ...] = Field(min_length=1)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # text: one human-readable line per record; json: one JSON object per line.
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _check_consistency(self) -> RelayConfig:

@@ -48,6 +48,7 @@ from aiokafka.errors import (
 from relay.config import KafkaConfig, SpoolConfig
 from relay.errors import DeliveryUnavailable
 from relay.kafka_security import kafka_client_kwargs
+from relay.metrics import RelayMetrics
 from relay.routing import Record
 from relay.spool import Spool, SpoolEntry, SpoolStats
 
@@ -110,8 +111,9 @@ def sender_failure(producer: AIOKafkaProducer) -> BaseException | None:
 class Publisher:
     """Publishes records and waits for the broker's acknowledgement."""
 
-    def __init__(self, config: KafkaConfig) -> None:
+    def __init__(self, config: KafkaConfig, metrics: RelayMetrics | None = None) -> None:
         self._config = config
+        self._metrics = metrics or RelayMetrics()
         # Built once: the SSL context loads its files here, and every reconnect reuses it.
         self._client_kwargs = kafka_client_kwargs(config)
         self._producer: AIOKafkaProducer | None = None
@@ -155,6 +157,8 @@ class Publisher:
         producer = self._producer
         if producer is None:
             raise DeliveryUnavailable("not connected to Kafka")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             futures = [
                 await producer.send(
@@ -164,11 +168,22 @@ class Publisher:
             ]
             metadata = list(await asyncio.gather(*futures))
         except KafkaError as exc:
+            self._metrics.kafka_errors.labels(type(exc).__name__).inc()
             self._check_producer(producer, exc)
             raise DeliveryUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
 
-        self._last_ack = asyncio.get_running_loop().time()
+        self._last_ack = loop.time()
+        self._metrics.publish_seconds.observe(self._last_ack - started)
         self._set_healthy(True)
+        if log.isEnabledFor(logging.DEBUG):
+            for item in metadata:
+                log.debug(
+                    "published to %s[%d] at offset %d",
+                    item.topic,
+                    item.partition,
+                    item.offset,
+                    extra={"topic": item.topic, "partition": item.partition, "offset": item.offset},
+                )
         return metadata
 
     def _check_producer(self, producer: AIOKafkaProducer, exc: KafkaError) -> None:
@@ -225,6 +240,7 @@ class Publisher:
                 await self._close(producer, self._config.close_timeout_s)
                 raise
             except (KafkaError, TimeoutError) as exc:
+                self._metrics.kafka_errors.labels(type(exc).__name__).inc()
                 await self._close(producer, self._config.close_timeout_s)
                 log.warning(
                     "cannot connect to Kafka at %s (attempt %d): %r; retrying in %.1f s",
@@ -326,7 +342,11 @@ class Delivery:
 
     @classmethod
     def from_config(
-        cls, kafka: KafkaConfig, spool_config: SpoolConfig, reserve_bytes: int
+        cls,
+        kafka: KafkaConfig,
+        spool_config: SpoolConfig,
+        reserve_bytes: int,
+        metrics: RelayMetrics | None = None,
     ) -> Delivery:
         spool = None
         if spool_config.enabled:
@@ -337,7 +357,7 @@ class Delivery:
                 segment_bytes=spool_config.segment_bytes,
                 reserve_bytes=reserve_bytes,
             )
-        return cls(Publisher(kafka), spool, spool_config)
+        return cls(Publisher(kafka, metrics), spool, spool_config)
 
     async def start_spool(self) -> None:
         """Open the spool and start forwarding what it holds."""

@@ -110,3 +110,6 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # aiokafka logs record values at DEBUG, and those are webhook bodies.
+    if logging.getLevelName(level) < logging.INFO:
+        logging.getLogger("aiokafka").setLevel(logging.INFO)
