@@ -286,7 +286,9 @@ class KafkaBroker:
             for argument in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
         ]
         subprocess.run(
-            [*self._java(libs), "kafka.tools.StorageTool", "format", "-t", cluster_id,
+            [*self._java(libs), "kafka.tools.StorageTool", "format",
+             # `=` keeps an id that starts with "-" from reading as an option.
+             f"--cluster-id={cluster_id}",
              "-c", str(config), *scram_arguments],
             check=True,
             stdout=subprocess.DEVNULL,
