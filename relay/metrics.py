@@ -13,18 +13,9 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-KNOWN_EVENT_TYPES = frozenset(
-    {
-        "lead.created",
-        "lead.updated",
-        "lead.expired",
-        "message.received",
-        "booking.confirmed",
-        "booking.cancelled",
-        "review.created",
-        "payment.received",
-    }
-)
+from relay.config import TASKNATION_EVENT_TYPES
+
+KNOWN_EVENT_TYPES = frozenset(TASKNATION_EVENT_TYPES)
 UNKNOWN_EVENT_TYPE = "unknown"
 OTHER_EVENT_TYPE = "other"
 
