@@ -1,4 +1,4 @@
-"""Command-line entry point: ``relay serve`` and ``relay check-config``."""
+"""Command-line entry point: ``relay serve``, ``relay check-config`` and the tool commands."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from relay import __version__
 from relay.app import create_app
 from relay.config import RelayConfig, load_config
 from relay.errors import ConfigError
+from relay.tools import add_tool_commands
 
 DEFAULT_CONFIG = "config/relay.yaml"
 
@@ -20,6 +21,10 @@ DEFAULT_CONFIG = "config/relay.yaml"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if "run_tool" in args:
+        # The tool commands read a configuration file only when they need one.
+        tool_result: int = args.run_tool(args)
+        return tool_result
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -45,6 +50,8 @@ def _build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate the configuration and exit")
     _add_config_argument(check)
     check.set_defaults(run=_check_config)
+
+    add_tool_commands(commands)
     return parser
 
 
