@@ -133,17 +133,21 @@ def apply_overrides(document: Document, overrides: Sequence[Override]) -> Docume
 def _walk_to_parent(document: Document, override: Override) -> Any:
     current: Any = document
     for depth, part in enumerate(override.path[:-1]):
-        where = ".".join(override.path[: depth + 1])
+        container = ".".join(override.path[:depth]) or "the payload"
         if isinstance(current, list):
-            current = current[_list_index(current, part, where)]
+            current = current[_list_index(current, part, container)]
         elif isinstance(current, dict):
             if part not in current:
                 if override.remove:
-                    raise ToolError(f"--unset: {where} does not exist")
+                    raise ToolError(
+                        f"--unset: {'.'.join(override.path[: depth + 1])} does not exist"
+                    )
                 current[part] = {}
             current = current[part]
         else:
-            raise ToolError(f"cannot set {'.'.join(override.path)}: {where} is not an object")
+            raise ToolError(
+                f"cannot set {'.'.join(override.path)}: {container} is not an object or array"
+            )
     return current
 
 
@@ -151,7 +155,7 @@ def _assign(parent: Any, override: Override) -> None:
     name = ".".join(override.path)
     last = override.path[-1]
     if isinstance(parent, list):
-        index = _list_index(parent, last, name)
+        index = _list_index(parent, last, ".".join(override.path[:-1]))
         if override.remove:
             del parent[index]
         else:
@@ -164,12 +168,13 @@ def _assign(parent: Any, override: Override) -> None:
         else:
             parent[last] = override.value
     else:
-        raise ToolError(f"cannot set {name}: its parent is not an object")
+        parent_name = ".".join(override.path[:-1])
+        raise ToolError(f"cannot set {name}: {parent_name} is not an object or array")
 
 
-def _list_index(array: list[Any], part: str, where: str) -> int:
+def _list_index(array: list[Any], part: str, container: str) -> int:
     if not part.isdigit() or int(part) >= len(array):
-        raise ToolError(f"{where}: expected an index below {len(array)} into the array")
+        raise ToolError(f"{container}: expected an index below {len(array)}, got {part!r}")
     return int(part)
 
 

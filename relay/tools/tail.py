@@ -281,7 +281,7 @@ async def _print_records(consumer: AIOKafkaConsumer, options: TailOptions, out: 
             if remaining_ms <= 0:
                 return EXIT_OK if options.max_records is None else EXIT_FAILED
             wait_ms = min(wait_ms, remaining_ms)
-        batches = await consumer.getmany(timeout_ms=wait_ms)
+        batches = await _next_batches(consumer, wait_ms)
         for record in itertools.chain.from_iterable(batches.values()):
             if not _write_record(record, options, out):
                 return EXIT_OK
@@ -289,6 +289,22 @@ async def _print_records(consumer: AIOKafkaConsumer, options: TailOptions, out: 
             if printed == options.max_records:
                 break
     return EXIT_OK
+
+
+async def _next_batches(
+    consumer: AIOKafkaConsumer, wait_ms: int
+) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    # aiokafka 0.14's getmany waits without limit for the first assignment, which a
+    # pattern that matches no topic yet never gets; the timeout bounds that wait. No
+    # record is lost by it, because getmany takes records from its buffer only right
+    # before it returns.
+    try:
+        async with asyncio.timeout(wait_ms / 1000):
+            batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+            batches = await consumer.getmany(timeout_ms=wait_ms)
+            return batches
+    except TimeoutError:
+        return {}
 
 
 def _write_record(record: ConsumerRecord[bytes, bytes], options: TailOptions, out: TextIO) -> bool:
