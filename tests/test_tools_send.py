@@ -178,7 +178,7 @@ async def test_repeat_publishes_every_delivery(kafka_bootstrap, topic_prefix, re
     output = capsys.readouterr().out
     assert status == 0
     assert "sent 40 in" in output
-    assert "40 answered 2xx, 0 another status, 0 no answer" in output
+    assert "40 got 2xx, 0 another status, 0 no response" in output
     assert "status: 200 x40" in output
     assert "evt_" not in output
     topics = [f"{topic_prefix}{event}" for event in EVENT_TYPES]
@@ -221,7 +221,7 @@ async def test_slow_relay_times_out(stub_server, capsys):
         release.set()
 
     assert status == 3
-    assert "no answer within 0.5 s" in capsys.readouterr().out
+    assert "timed out: no response within 0.5 s" in capsys.readouterr().out
 
 
 async def test_concurrency_keeps_requests_in_flight(stub_server, capsys):

@@ -26,7 +26,7 @@ PUBLIC_URL = "https://hooks.example.com"
 
 @dataclass
 class FakeApi:
-    """TaskNation's ``POST /api/v2/webhooks``, answering with a status chosen by the test."""
+    """Stand-in for TaskNation's ``POST /api/v2/webhooks``; the test sets the response status."""
 
     status: int = 201
     answer: dict[str, Any] = field(default_factory=lambda: {"id": "wh_123", "secret": SECRET})
@@ -185,7 +185,7 @@ async def test_redirect_not_followed(fake_api, config_file, capsys):
     status = await run_subscribe(arguments(config_file, fake_api.base_url))
 
     assert status == 1
-    assert "answered with a redirect (HTTP 307)" in capsys.readouterr().err
+    assert "responded with a redirect (HTTP 307)" in capsys.readouterr().err
     assert [request["path"] for request in fake_api.requests] == ["/api/v2/webhooks"]
 
 
@@ -195,7 +195,7 @@ async def test_slow_api_times_out(fake_api, config_file, capsys):
     status = await run_subscribe(arguments(config_file, fake_api.base_url, "--timeout-s", "0.5"))
 
     assert status == 3
-    assert "TaskNation did not answer within 0.5 s" in capsys.readouterr().err
+    assert "timed out after 0.5 s" in capsys.readouterr().err
 
 
 async def test_unreachable_api_exits_3(config_file, capsys):

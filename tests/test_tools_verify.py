@@ -40,7 +40,7 @@ def test_authentic_delivery_passes(monkeypatch, capsys):
     assert "JSON: ok" in output
     assert "envelope: ok: event lead.created, id evt_abc123" in output
     assert "timestamp: 2026-02-15T10:30:00+00:00" in output
-    assert "relay answer: 200" in output
+    assert "relay response: 200" in output
 
 
 def test_prefixed_uppercase_signature_passes(monkeypatch, capsys):
@@ -63,7 +63,7 @@ def test_malformed_signature_exits_3(monkeypatch, capsys, signature, message):
     output = capsys.readouterr().out
     assert status == 3
     assert message in output
-    assert "relay answer: 401" in output
+    assert "relay response: 401" in output
     assert "JSON" not in output
 
 
@@ -75,7 +75,7 @@ def test_wrong_secret_exits_4(monkeypatch, capsys):
     output = capsys.readouterr().out
     assert status == 4
     assert "signature: mismatch" in output
-    assert "relay answer: 401 signature_mismatch" in output
+    assert "relay response: 401 signature_mismatch" in output
     assert "ends with a newline" not in output
 
 
@@ -103,7 +103,7 @@ def test_body_not_json_exits_5(monkeypatch, capsys, body, message):
     output = capsys.readouterr().out
     assert status == 5
     assert message in output
-    assert "relay answer: 200 dead_lettered" in output
+    assert "relay response: 200 dead_lettered" in output
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,7 @@ def test_invalid_envelope_exits_6(monkeypatch, capsys, body, message):
     assert status == 6
     assert "JSON: ok" in output
     assert f"envelope: invalid: {message}" in output
-    assert "relay answer: 200 dead_lettered (reason invalid_envelope)" in output
+    assert "relay response: 200 dead_lettered (reason invalid_envelope)" in output
 
 
 def test_body_read_from_file(monkeypatch, capsys, tmp_path):

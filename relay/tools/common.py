@@ -28,7 +28,7 @@ DEFAULT_TOPIC_PREFIX = "tasknation."
 
 
 class ToolError(RelayError):
-    """A tool command cannot go on; ``exit_code`` is the process exit status it ends with."""
+    """A failure that ends a tool command with ``exit_code`` as the process exit status."""
 
     def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
         super().__init__(message)
@@ -36,7 +36,7 @@ class ToolError(RelayError):
 
 
 def add_secret_arguments(parser: argparse.ArgumentParser, default_env: str | None) -> None:
-    """Add ``--secret-env`` and ``--secret-file``; a secret is never an argument itself."""
+    """Add ``--secret-env`` and ``--secret-file``, so that no secret appears in an argument."""
     group = parser.add_mutually_exclusive_group()
     default_text = f" (default: {default_env})" if default_env else ""
     group.add_argument(

@@ -179,7 +179,7 @@ def _list_index(array: list[Any], part: str, container: str) -> int:
 
 
 def _decimal_id(rng: random.Random) -> str:
-    # TaskNation IDs are 18-digit decimal strings, such as "468046965846925323".
+    # The IDs in TaskNation's documented sample are 18-digit decimal strings.
     return str(rng.randrange(10**17, 10**18))
 
 

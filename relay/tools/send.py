@@ -48,7 +48,7 @@ from relay.tools.payloads import (
     sample_payload,
 )
 
-MAX_ANSWER_CHARS = 300
+MAX_DETAIL_CHARS = 300
 MAX_CONCURRENCY = 1000
 
 DESCRIPTION = """\
@@ -68,10 +68,10 @@ otherwise: --set data.rating=4 sets a number, --set 'data.zip="95110"' a
 string, --set 'data.customer={{"name":"Ann"}}' an object.
 
 exit status:
-  0  every delivery was answered with 2xx (or --dry-run)
-  1  at least one delivery was answered with another status
+  0  every response had a 2xx status (or --dry-run)
+  1  at least one response had another status
   2  invalid arguments, a missing secret or an unreadable file
-  3  at least one delivery got no answer: connection failed or timed out
+  3  at least one request got no response: the connection failed or timed out
   130  interrupted by Ctrl-C or SIGTERM before every delivery was sent
 """
 
@@ -88,11 +88,11 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What came back for one delivery; ``status`` is None when no answer arrived."""
+    """The result of one delivery: the response status and body, or why none arrived."""
 
     delivery: Delivery
     status: int | None
-    answer: str
+    detail: str
     elapsed_s: float
 
 
@@ -150,7 +150,8 @@ def _add_request_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=10.0,
         metavar="SECONDS",
-        help="time allowed for each request, from connecting to the whole answer (default: 10)",
+        help="time allowed for each request, from connecting to the end of the response "
+        "(default: 10)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the requests instead of sending them"
@@ -179,7 +180,7 @@ def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
         help="start at most this many requests per second (default: no limit)",
     )
     parser.add_argument(
-        "-q", "--quiet", action="store_true", help="print only the summary, not every answer"
+        "-q", "--quiet", action="store_true", help="print only the summary, not each response"
     )
 
 
@@ -347,15 +348,15 @@ async def _post(
     try:
         async with http.post(args.url, data=delivery.body, headers=headers) as response:
             status = response.status
-            answer = (await response.text(errors="replace")).strip()
+            detail = (await response.text(errors="replace")).strip()
     except TimeoutError:
-        answer = f"no answer within {args.timeout_s:g} s"
+        detail = f"timed out: no response within {args.timeout_s:g} s"
     except aiohttp.ClientConnectorError as exc:
-        answer = f"cannot connect to {args.url}: {exc.os_error.strerror or exc.os_error}"
+        detail = f"cannot connect to {args.url}: {exc.os_error.strerror or exc.os_error}"
     except aiohttp.ClientError as exc:
-        answer = f"request to {args.url} failed: {exc!r}"
+        detail = f"request to {args.url} failed: {exc!r}"
     elapsed_s = time.perf_counter() - started
-    return Outcome(delivery, status, answer[:MAX_ANSWER_CHARS], elapsed_s)
+    return Outcome(delivery, status, detail[:MAX_DETAIL_CHARS], elapsed_s)
 
 
 def _print_outcome(outcome: Outcome, out: TextIO) -> None:
@@ -363,26 +364,26 @@ def _print_outcome(outcome: Outcome, out: TextIO) -> None:
     delivery = outcome.delivery
     milliseconds = outcome.elapsed_s * 1000
     out.write(
-        f"{status} {delivery.event} {delivery.event_id} {milliseconds:.0f} ms {outcome.answer}\n"
+        f"{status} {delivery.event} {delivery.event_id} {milliseconds:.0f} ms {outcome.detail}\n"
     )
     out.flush()
 
 
 def _print_summary(outcomes: list[Outcome], elapsed_s: float, out: TextIO) -> None:
-    answered = [outcome for outcome in outcomes if outcome.status is not None]
-    success = sum(1 for outcome in answered if 200 <= (outcome.status or 0) < 300)
+    responded = [outcome for outcome in outcomes if outcome.status is not None]
+    success = sum(1 for outcome in responded if 200 <= (outcome.status or 0) < 300)
     rate = len(outcomes) / elapsed_s if elapsed_s > 0 else 0.0
     out.write(
-        f"sent {len(outcomes)} in {elapsed_s:.2f} s ({rate:.1f}/s): {success} answered 2xx, "
-        f"{len(answered) - success} another status, {len(outcomes) - len(answered)} no answer\n"
+        f"sent {len(outcomes)} in {elapsed_s:.2f} s ({rate:.1f}/s): {success} got 2xx, "
+        f"{len(responded) - success} another status, {len(outcomes) - len(responded)} no response\n"
     )
     counts: dict[str, int] = {}
     for outcome in outcomes:
         key = "error" if outcome.status is None else str(outcome.status)
         counts[key] = counts.get(key, 0) + 1
     out.write("status: " + ", ".join(f"{key} x{n}" for key, n in sorted(counts.items())) + "\n")
-    if answered:
-        latencies = sorted(outcome.elapsed_s * 1000 for outcome in answered)
+    if responded:
+        latencies = sorted(outcome.elapsed_s * 1000 for outcome in responded)
         p95 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))]
         out.write(
             f"latency: p50 {statistics.median(latencies):.1f} ms, p95 {p95:.1f} ms, "

@@ -40,7 +40,7 @@ EXIT_UNAUTHORIZED = 4
 API_URL_ENV = "TASKNATION_API_URL"
 DEFAULT_TOKEN_ENV = "TASKNATION_ACCESS_TOKEN"
 WEBHOOKS_PATH = "/api/v2/webhooks"
-MAX_ANSWER_CHARS = 1000
+MAX_RESPONSE_CHARS = 1000
 REDACTED = "***"
 
 DESCRIPTION = """\
@@ -60,7 +60,8 @@ exit status:
   0  TaskNation registered the webhook (2xx), or --dry-run
   1  TaskNation rejected the request (4xx other than 401, or a redirect)
   2  invalid arguments or configuration, or a missing token or secret
-  3  no answer in time, connection failed, or TaskNation failed (5xx); retry later
+  3  the request timed out or the connection failed, or TaskNation failed (5xx);
+     retry later
   4  TaskNation rejected the access token (401)
 """
 
@@ -127,7 +128,8 @@ def add_parser(commands: Any) -> None:
         type=positive_float,
         default=10.0,
         metavar="SECONDS",
-        help="time allowed for the request, from connecting to the whole answer (default: 10)",
+        help="time allowed for the request, from connecting to the end of the response "
+        "(default: 10)",
     )
     parser.add_argument(
         "--dry-run",
@@ -262,8 +264,8 @@ def _pick_secret(args: argparse.Namespace, source: SourceConfig) -> str:
         return accepted[0].decode()
     secret = read_secret(args)
     if secret not in accepted:
-        # TaskNation disables a webhook after 5 failed deliveries, and the relay would
-        # answer every delivery signed with this secret with 401.
+        # The relay would reject every delivery signed with this secret with 401, and
+        # TaskNation disables a webhook after 5 failed deliveries.
         raise ToolError(
             f"the given secret is not one of source {source.name!r}'s secrets in the "
             "configuration, so the relay would reject every delivery; add it to the source first"
@@ -297,11 +299,11 @@ async def subscribe(registration: Registration, timeout_s: float, out: TextIO) -
                 allow_redirects=False,
             ) as response,
         ):
-            answer = registration.redact(await response.text(errors="replace"))
-            return _report(registration, response.status, answer, out)
+            text = registration.redact(await response.text(errors="replace"))
+            return _report(registration, response.status, text, out)
     except TimeoutError:
         raise ToolError(
-            f"TaskNation did not answer within {timeout_s:g} s ({registration.endpoint}); "
+            f"the request to {registration.endpoint} timed out after {timeout_s:g} s; "
             "retry later or raise --timeout-s",
             EXIT_UNAVAILABLE,
         ) from None
@@ -312,22 +314,24 @@ async def subscribe(registration: Registration, timeout_s: float, out: TextIO) -
         ) from None
 
 
-def _report(registration: Registration, status: int, answer: str, out: TextIO) -> int:
-    """Print what the answer means; return the exit status for ``status``."""
-    detail = answer.strip()[:MAX_ANSWER_CHARS]
+def _report(registration: Registration, status: int, text: str, out: TextIO) -> int:
+    """Print what the response means and return the exit status for ``status``."""
+    detail = text.strip()[:MAX_RESPONSE_CHARS]
     if 200 <= status < 300:
         out.write(
             f"registered {registration.url} for business {registration.business_id}, "
             f"events {', '.join(registration.events)} (HTTP {status})\n"
         )
         if detail:
-            out.write(f"answer: {detail}\n")
+            out.write(f"response: {detail}\n")
         return EXIT_OK
     if status == 401:
         message = "TaskNation rejected the access token (HTTP 401); check the token and retry"
         code = EXIT_UNAUTHORIZED
     elif 300 <= status < 400:
-        message = f"TaskNation answered with a redirect (HTTP {status}); pass the final --api-url"
+        message = (
+            f"TaskNation responded with a redirect (HTTP {status}); pass the final URL as --api-url"
+        )
         code = EXIT_FAILED
     elif status < 500:
         message = f"TaskNation rejected the registration (HTTP {status}); fix the request"
@@ -336,5 +340,5 @@ def _report(registration: Registration, status: int, answer: str, out: TextIO) -
         message = f"TaskNation failed to handle the registration (HTTP {status}); retry later"
         code = EXIT_UNAVAILABLE
     if detail:
-        message += f"\nanswer: {detail}"
+        message += f"\nresponse: {detail}"
     raise ToolError(message, code)

@@ -74,7 +74,7 @@ exit status:
 
 @dataclass(frozen=True, slots=True)
 class TailOptions:
-    """What ``tail`` reads and how it prints it."""
+    """Topics, start position, stop conditions and output format of one ``relay tail`` run."""
 
     bootstrap_servers: str
     pattern: re.Pattern[str]

@@ -31,7 +31,7 @@ Check a captured TaskNation delivery without a relay or Kafka: the shape of
 the signature header value, the HMAC-SHA256 of the body with the secret,
 the body as JSON and the envelope fields (id, event, timestamp, data).
 The checks run in that order and stop at the first failure, which is named
-together with the answer the relay would give.
+with the response the relay would send.
 
 The body is read from standard input or --body FILE, byte for byte: a
 newline added by an editor or `echo` changes the signature.
@@ -41,10 +41,10 @@ EPILOG = """\
 exit status:
   0  all checks passed: the relay accepts the event (200)
   2  invalid arguments, a missing secret or an unreadable file
-  3  the signature value is missing or not 64 hex digits (the relay answers 401)
-  4  the signature does not match the body with the secret (the relay answers 401)
-  5  the body is empty or not JSON (the relay answers 200 and dead-letters it)
-  6  an envelope field is missing or invalid (the relay answers 200 and dead-letters it)
+  3  the signature value is missing or not 64 hex digits (the relay responds 401)
+  4  the signature does not match the body with the secret (the relay responds 401)
+  5  the body is empty or not JSON (the relay responds 200 and dead-letters it)
+  6  an envelope field is missing or invalid (the relay responds 200 and dead-letters it)
 """
 
 
@@ -108,7 +108,7 @@ def verify_delivery(body: bytes, signature: str, secret: bytes, now: datetime) -
     try:
         candidates = parse_signature_header(signature)
     except (SignatureMissing, SignatureMalformed) as exc:
-        lines += [f"signature format: invalid: {exc}", "relay answer: 401 " + exc.reason]
+        lines += [f"signature format: invalid: {exc}", "relay response: 401 " + exc.reason]
         return Verdict(lines, EXIT_SIGNATURE_MALFORMED)
     lines.append(f"signature format: ok ({len(candidates)} candidate(s))")
 
@@ -117,7 +117,7 @@ def verify_delivery(body: bytes, signature: str, secret: bytes, now: datetime) -
     except SignatureMismatch as exc:
         lines.append(f"signature: mismatch: {exc}")
         lines += _mismatch_hints(body)
-        lines.append("relay answer: 401 " + exc.reason)
+        lines.append("relay response: 401 " + exc.reason)
         return Verdict(lines, EXIT_SIGNATURE_MISMATCH)
     lines.append("signature: ok, the HMAC-SHA256 of the body with the secret matches")
 
@@ -153,7 +153,7 @@ def _invalid_envelope_verdict(lines: list[str], exc: InvalidEnvelope) -> Verdict
     else:
         lines += ["JSON: ok", f"envelope: invalid: {exc.detail}"]
         exit_code = EXIT_INVALID_ENVELOPE
-    lines.append(f"relay answer: 200 dead_lettered (reason {exc.reason})")
+    lines.append(f"relay response: 200 dead_lettered (reason {exc.reason})")
     return Verdict(lines, exit_code)
 
 
@@ -162,7 +162,7 @@ def _describe_envelope(envelope: Envelope, now: datetime) -> list[str]:
     return [
         f"envelope: ok: event {envelope.event}, id {envelope.id}",
         f"timestamp: {envelope.timestamp.isoformat()} ({_describe_age(age_s)})",
-        "relay answer: 200, the delivery is authentic and a valid event",
+        "relay response: 200, the delivery is authentic and a valid event",
     ]
 
 
