@@ -173,6 +173,29 @@ async def test_tail_from_now_skips_old_records(kafka_bootstrap, topic_prefix, re
     assert keys == ["NEW1", "NEW2"]
 
 
+async def test_new_topic_repeats_no_records(kafka_bootstrap, topic_prefix, relay_client):
+    await post(relay_client, event_body("lead.created", leadID="A"))
+    process = await start_tail_process(
+        "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", topic_prefix,
+        "--from-beginning", "--format", "json", "--max-records", "3", "--timeout-s", "120",
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        await wait_for_line(process.stdout, '"key": "A"')
+        # The first record on a new topic changes the set of matching topics.
+        await post(relay_client, event_body("review.created", leadID="B"))
+        await wait_for_line(process.stdout, '"key": "B"')
+        await post(relay_client, event_body("lead.created", leadID="C"))
+        stdout, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert process.returncode == 0
+    assert [json.loads(line)["key"] for line in stdout.decode().splitlines()] == ["C"]
+
+
 async def test_tail_stops_on_sigint(kafka_bootstrap, topic_prefix):
     process = await start_tail_process(
         "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", topic_prefix

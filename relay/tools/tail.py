@@ -239,23 +239,55 @@ async def tail(options: TailOptions, out: TextIO, err: TextIO) -> int:
         ) from None
     try:
         consumer.subscribe(pattern=options.pattern.pattern)
-        if not options.from_beginning:
-            await _seek_to_end(consumer, options.pattern)
+        start_offsets = {} if options.from_beginning else await _end_offsets(consumer, options)
+        positions = _Positions(start_offsets)
+        positions.restore(consumer)
         where = "the beginning" if options.from_beginning else "now"
         err.write(f"relay tail: reading {options.description} from {where}; Ctrl-C stops\n")
         err.flush()
-        return await _print_records(consumer, options, out)
+        return await _print_records(consumer, positions, options, out)
     finally:
         await consumer.stop()
 
 
-async def _seek_to_end(consumer: AIOKafkaConsumer, pattern: re.Pattern[str]) -> None:
-    """Move every partition of the topics that exist now to its end offset.
+class _Positions:
+    """The next offset to print for each partition, kept across reassignments.
 
-    Partitions assigned later start at their beginning (``auto_offset_reset``),
-    because their topic was created after this point.
+    Without a consumer group, aiokafka 0.14 replaces the whole assignment when
+    a topic that matches the pattern appears, which resets the position of
+    every partition to ``auto_offset_reset``. ``restore`` seeks the known
+    partitions back, and ``is_new`` skips records fetched before it did.
     """
-    existing = {topic for topic in await consumer.topics() if pattern.match(topic)}
+
+    def __init__(self, start_offsets: dict[TopicPartition, int]) -> None:
+        self._next = dict(start_offsets)
+        self._assigned: frozenset[TopicPartition] = frozenset()
+
+    def restore(self, consumer: AIOKafkaConsumer) -> None:
+        assigned = frozenset(consumer.assignment())
+        if assigned == self._assigned:
+            return
+        for partition in assigned & self._next.keys():
+            consumer.seek(partition, self._next[partition])
+        self._assigned = assigned
+
+    def is_new(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        partition = TopicPartition(record.topic, record.partition)
+        return bool(record.offset >= self._next.get(partition, 0))
+
+    def advance(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self._next[TopicPartition(record.topic, record.partition)] = record.offset + 1
+
+
+async def _end_offsets(
+    consumer: AIOKafkaConsumer, options: TailOptions
+) -> dict[TopicPartition, int]:
+    """Return the end offset of every partition of the matching topics that exist now.
+
+    Partitions that appear later are read from their beginning
+    (``auto_offset_reset``), because their topic was created after this point.
+    """
+    existing = {topic for topic in await consumer.topics() if options.pattern.match(topic)}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ASSIGNMENT_WAIT_S
     while not existing <= {partition.topic for partition in consumer.assignment()}:
@@ -265,12 +297,15 @@ async def _seek_to_end(consumer: AIOKafkaConsumer, pattern: re.Pattern[str]) -> 
         await asyncio.sleep(0.1)
 
     partitions: list[TopicPartition] = sorted(consumer.assignment())
-    if partitions:
-        for partition, offset in (await consumer.end_offsets(partitions)).items():
-            consumer.seek(partition, offset)
+    if not partitions:
+        return {}
+    offsets: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+    return offsets
 
 
-async def _print_records(consumer: AIOKafkaConsumer, options: TailOptions, out: TextIO) -> int:
+async def _print_records(
+    consumer: AIOKafkaConsumer, positions: _Positions, options: TailOptions, out: TextIO
+) -> int:
     loop = asyncio.get_running_loop()
     deadline = None if options.timeout_s is None else loop.time() + options.timeout_s
     printed = 0
@@ -281,10 +316,15 @@ async def _print_records(consumer: AIOKafkaConsumer, options: TailOptions, out: 
             if remaining_ms <= 0:
                 return EXIT_OK if options.max_records is None else EXIT_FAILED
             wait_ms = min(wait_ms, remaining_ms)
+
+        positions.restore(consumer)
         batches = await _next_batches(consumer, wait_ms)
         for record in itertools.chain.from_iterable(batches.values()):
+            if not positions.is_new(record):
+                continue
             if not _write_record(record, options, out):
                 return EXIT_OK
+            positions.advance(record)
             printed += 1
             if printed == options.max_records:
                 break
