@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +24,7 @@ from tests.kafka_broker import free_port
 from tests.kafka_records import consume, count_records
 from tests.test_webhook_kafka import PATH
 
+REPO = Path(__file__).resolve().parent.parent
 SECRET_ENV = "TASKNATION_WEBHOOK_SECRET"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -222,6 +227,36 @@ async def test_slow_relay_times_out(stub_server, capsys):
 
     assert status == 3
     assert "timed out: no response within 0.5 s" in capsys.readouterr().out
+
+
+async def test_interrupted_send_exits_130(stub_server, monkeypatch):
+    arrived = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response()
+
+    url = await stub_server(hold)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", "send", "lead.created", "--repeat", "100", "--url", url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(arrived.wait(), timeout=60)
+        process.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    finally:
+        release.set()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert process.returncode == 130
+    assert b"Traceback" not in stderr
 
 
 async def test_concurrency_keeps_requests_in_flight(stub_server, capsys):

@@ -277,3 +277,10 @@ def test_topics_and_events_conflict(capsys):
 
     assert status == 2
     assert "give TOPIC names or --events GLOB, not both" in capsys.readouterr().err
+
+
+def test_invalid_bootstrap_servers_exit_2(capsys):
+    status = main(["tail", "--bootstrap-servers", "kafka:notaport"])
+
+    assert status == 2
+    assert "--bootstrap-servers 'kafka:notaport': expected host:port" in capsys.readouterr().err

@@ -123,6 +123,11 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--source", metavar="NAME", help="configured source to register (default: the only one)"
     )
+    _add_request_arguments(parser)
+    parser.set_defaults(run_tool=run)
+
+
+def _add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout-s",
         type=positive_float,
@@ -136,7 +141,6 @@ def add_parser(commands: Any) -> None:
         action="store_true",
         help="print the request with the token and secret masked instead of sending it",
     )
-    parser.set_defaults(run_tool=run)
 
 
 def _add_credential_arguments(parser: argparse.ArgumentParser) -> None:

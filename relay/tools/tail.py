@@ -2,8 +2,9 @@
 
 The consumer joins no consumer group and commits no offsets, so it never
 moves the position of the services that consume the same topics. It
-subscribes by pattern, which never creates a topic on a broker with
-``auto.create.topics.enable`` and notices topics created later.
+subscribes by pattern, so aiokafka requests metadata for all topics instead
+of naming them, which keeps a broker with ``auto.create.topics.enable`` from
+creating a topic, and it notices topics created later.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from typing import Any, TextIO
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 
-from relay.config import load_config
+from relay.config import KafkaConfig, load_config
 from relay.errors import ConfigError
 from relay.tools.common import (
     DEFAULT_CONFIG_PATH,
@@ -181,7 +183,9 @@ def options_from_args(args: argparse.Namespace) -> TailOptions:
         raise ToolError("give TOPIC names or --events GLOB, not both")
     bootstrap_servers = args.bootstrap_servers
     prefix = args.topic_prefix
-    if bootstrap_servers is None:
+    if bootstrap_servers is not None:
+        bootstrap_servers = _check_bootstrap_servers(bootstrap_servers)
+    else:
         try:
             config = load_config(args.config)
         except ConfigError as exc:
@@ -200,6 +204,15 @@ def options_from_args(args: argparse.Namespace) -> TailOptions:
         output_format=args.output_format,
         save_dir=args.save_dir,
     )
+
+
+def _check_bootstrap_servers(value: str) -> str:
+    """Validate ``--bootstrap-servers`` with the rules of ``kafka.bootstrap_servers``."""
+    try:
+        return KafkaConfig(bootstrap_servers=value).bootstrap_servers
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ToolError(f"--bootstrap-servers {value!r}: {reason}") from None
 
 
 def topic_pattern(
