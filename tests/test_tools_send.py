@@ -8,7 +8,9 @@ import os
 import re
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from relay.tools.payloads import EVENT_TYPES
 from tests.conftest import TEST_SECRET, make_config
 from tests.kafka_broker import free_port
 from tests.kafka_records import consume, count_records
-from tests.test_webhook_kafka import PATH
+from tests.test_webhook_kafka import DOC_SAMPLE, PATH
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET_ENV = "TASKNATION_WEBHOOK_SECRET"
@@ -63,6 +65,32 @@ async def stub_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
 async def run_send(*arguments: str) -> int:
     # The command runs its own event loop, so it runs in a thread beside the test's loop.
     return await asyncio.to_thread(main, ["send", *arguments])
+
+
+def now_timestamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fresh_body(event: str, **data: Any) -> bytes:
+    """Return an event body with a unique id and the current time.
+
+    Fixed ids and old timestamps would make the bodies look like duplicates
+    or replays to a relay that drops those.
+    """
+    document = {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "event": event,
+        "timestamp": now_timestamp(),
+        "data": data,
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def fresh_doc_sample() -> tuple[bytes, str]:
+    """Return the documented sample body with a unique id and the current time, and that id."""
+    event_id = f"evt_{uuid.uuid4().hex[:12]}"
+    body = DOC_SAMPLE.replace(b'"evt_abc123"', f'"{event_id}"'.encode())
+    return body.replace(b"2026-02-15T10:30:00Z", now_timestamp().encode()), event_id
 
 
 def dry_run_requests(output: str) -> list[tuple[str, bytes]]:
@@ -124,7 +152,7 @@ async def test_unset_id_gets_dead_lettered(kafka_bootstrap, topic_prefix, relay_
 async def test_replay_sends_bytes_unchanged(kafka_bootstrap, topic_prefix, relay_url, tmp_path):
     body = (
         b'{ "id" : "evt_replay_1",\r\n  "event":"payment.received",'
-        b'"timestamp":"2026-02-15T10:30:00Z",'
+        b'"timestamp":"' + now_timestamp().encode() + b'",'
         b'"data":{"amountCents":123456789012345678901234567890, "leadID":"L1",'
         b' "note":"caf\xc3\xa9"}}\n'
     )
@@ -141,7 +169,8 @@ async def test_replay_sends_bytes_unchanged(kafka_bootstrap, topic_prefix, relay
 async def test_replay_with_captured_signature(
     kafka_bootstrap, topic_prefix, relay_url, tmp_path, monkeypatch, capsys
 ):
-    body = b'{"id":"evt_cap","event":"review.created","timestamp":"2026-02-15T10:30:00Z","data":{}}'
+    body = fresh_body("review.created", leadID="L3")
+    event_id = json.loads(body)["id"]
     capture = tmp_path / "capture.body"
     capture.write_bytes(body)
     monkeypatch.delenv(SECRET_ENV)
@@ -152,7 +181,7 @@ async def test_replay_with_captured_signature(
     )
 
     assert status == 0
-    assert "200 review.created evt_cap" in capsys.readouterr().out
+    assert f"200 review.created {event_id}" in capsys.readouterr().out
     records = await consume(kafka_bootstrap, [f"{topic_prefix}review.created"], count=1)
     assert records[0].value == body
 

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from relay.cli import main
+from relay.signature import sign
 from tests.conftest import TEST_SECRET, make_config
 from tests.kafka_broker import free_port
-from tests.kafka_records import consume
-from tests.test_webhook_kafka import DOC_SAMPLE, PATH, event_body, signed_headers
+from tests.test_tools_send import fresh_body, fresh_doc_sample, now_timestamp
+from tests.test_webhook_kafka import PATH, signed_headers
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 90.0
@@ -66,7 +69,8 @@ async def wait_for_line(stream: asyncio.StreamReader, text: str) -> str:
 async def test_tail_prints_records_from_beginning(
     kafka_bootstrap, topic_prefix, relay_client, tmp_path, capsys
 ):
-    await post(relay_client, DOC_SAMPLE)
+    body, event_id = fresh_doc_sample()
+    await post(relay_client, body)
     config = tmp_path / "relay.yaml"
     document = make_config(kafka_bootstrap, topic_prefix).model_dump(mode="json")
     document["sources"][0]["secrets"] = [TEST_SECRET]
@@ -80,9 +84,9 @@ async def test_tail_prints_records_from_beginning(
     output = captured.out
     assert status == 0
     assert f"--- {topic_prefix}lead.created partition=0 offset=0 timestamp=20" in output
-    assert "event=lead.created id=evt_abc123 key=299614694480093245" in output
+    assert f"event=lead.created id={event_id} key=299614694480093245" in output
     assert "ce_type=lead.created" in output
-    assert "ce_id=evt_abc123" in output
+    assert f"ce_id={event_id}" in output
     assert "relay_source=tasknation" in output
     assert '\n      "category": "Interior Painting",\n' in output
     assert f"reading topics {topic_prefix}* from the beginning" in captured.err
@@ -90,7 +94,9 @@ async def test_tail_prints_records_from_beginning(
 
 async def test_tail_json_is_one_line(kafka_bootstrap, topic_prefix, relay_client, capsys):
     body = (
-        b'{"id":"evt_test_1","event":"payment.received","timestamp":"2026-02-15T10:30:00Z",'
+        b'{"id":"evt_wide_1","event":"payment.received","timestamp":"'
+        + now_timestamp().encode()
+        + b'",'
         b'"data":{"leadID":"L5","amountCents":123456789012345678901234567890}}'
     )
     await post(relay_client, body)
@@ -109,7 +115,7 @@ async def test_tail_json_is_one_line(kafka_bootstrap, topic_prefix, relay_client
     assert record["offset"] == 0
     assert record["key"] == "L5"
     assert record["event"] == "payment.received"
-    assert record["id"] == "evt_test_1"
+    assert record["id"] == "evt_wide_1"
     assert record["headers"]["ce_specversion"] == "1.0"
     assert record["value"]["data"]["amountCents"] == 123456789012345678901234567890
     assert record["timestamp"].endswith("Z")
@@ -135,9 +141,9 @@ async def test_dead_letter_value_printed_as_text(
 
 
 async def test_events_glob_filters_topics(kafka_bootstrap, topic_prefix, relay_client, capsys):
-    await post(relay_client, event_body("payment.received", leadID="P1"))
-    await post(relay_client, event_body("lead.created", leadID="L1"))
-    await post(relay_client, event_body("lead.updated", leadID="L2"))
+    await post(relay_client, fresh_body("payment.received", leadID="P1"))
+    await post(relay_client, fresh_body("lead.created", leadID="L1"))
+    await post(relay_client, fresh_body("lead.updated", leadID="L2"))
 
     status = await run_tail(
         "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", topic_prefix,
@@ -151,7 +157,7 @@ async def test_events_glob_filters_topics(kafka_bootstrap, topic_prefix, relay_c
 
 
 async def test_tail_from_now_skips_old_records(kafka_bootstrap, topic_prefix, relay_client):
-    await post(relay_client, event_body("lead.created", leadID="OLD"))
+    await post(relay_client, fresh_body("lead.created", leadID="OLD"))
     process = await start_tail_process(
         "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", topic_prefix,
         "--format", "json", "--max-records", "2", "--timeout-s", "120",
@@ -159,9 +165,9 @@ async def test_tail_from_now_skips_old_records(kafka_bootstrap, topic_prefix, re
     try:
         assert process.stderr is not None
         await wait_for_line(process.stderr, "from now")
-        await post(relay_client, event_body("lead.created", leadID="NEW1"))
+        await post(relay_client, fresh_body("lead.created", leadID="NEW1"))
         # A topic created after the start is read from its first record.
-        await post(relay_client, event_body("review.created", leadID="NEW2"))
+        await post(relay_client, fresh_body("review.created", leadID="NEW2"))
         stdout, _ = await asyncio.wait_for(process.communicate(), timeout=120)
     finally:
         if process.returncode is None:
@@ -174,7 +180,7 @@ async def test_tail_from_now_skips_old_records(kafka_bootstrap, topic_prefix, re
 
 
 async def test_new_topic_repeats_no_records(kafka_bootstrap, topic_prefix, relay_client):
-    await post(relay_client, event_body("lead.created", leadID="A"))
+    await post(relay_client, fresh_body("lead.created", leadID="A"))
     process = await start_tail_process(
         "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", topic_prefix,
         "--from-beginning", "--format", "json", "--max-records", "3", "--timeout-s", "120",
@@ -183,9 +189,9 @@ async def test_new_topic_repeats_no_records(kafka_bootstrap, topic_prefix, relay
         assert process.stdout is not None
         await wait_for_line(process.stdout, '"key": "A"')
         # The first record on a new topic changes the set of matching topics.
-        await post(relay_client, event_body("review.created", leadID="B"))
+        await post(relay_client, fresh_body("review.created", leadID="B"))
         await wait_for_line(process.stdout, '"key": "B"')
-        await post(relay_client, event_body("lead.created", leadID="C"))
+        await post(relay_client, fresh_body("lead.created", leadID="C"))
         stdout, _ = await asyncio.wait_for(process.communicate(), timeout=120)
     finally:
         if process.returncode is None:
@@ -217,7 +223,8 @@ async def test_tail_stops_on_sigint(kafka_bootstrap, topic_prefix):
 async def test_save_dir_replays_byte_for_byte(
     kafka_bootstrap, topic_prefix, relay_client, tmp_path, monkeypatch, capsys
 ):
-    await post(relay_client, DOC_SAMPLE)
+    body, _ = fresh_doc_sample()
+    await post(relay_client, body)
     save_dir = tmp_path / "captured"
     status = await run_tail(
         "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", topic_prefix,
@@ -225,15 +232,27 @@ async def test_save_dir_replays_byte_for_byte(
     )  # fmt: skip
     saved = save_dir / f"{topic_prefix}lead.created-0-0.body"
     assert status == 0
-    assert saved.read_bytes() == DOC_SAMPLE
+    assert saved.read_bytes() == body
 
-    monkeypatch.setenv("TASKNATION_WEBHOOK_SECRET", TEST_SECRET)
-    url = str(relay_client.make_url(PATH))
-    replay_status = await asyncio.to_thread(main, ["send", "--replay", str(saved), "--url", url])
+    # The replay goes to a stand-in for the relay, because a relay that drops
+    # duplicate event ids would not publish it a second time.
+    received: list[tuple[bytes, str]] = []
+
+    async def capture(request: web.Request) -> web.Response:
+        received.append((await request.read(), request.headers["X-TaskNation-Signature"]))
+        return web.json_response({"status": "published"})
+
+    app = web.Application()
+    app.router.add_post(PATH, capture)
+    async with TestServer(app, host="127.0.0.1") as server:
+        monkeypatch.setenv("TASKNATION_WEBHOOK_SECRET", TEST_SECRET)
+        url = str(server.make_url(PATH))
+        replay_status = await asyncio.to_thread(
+            main, ["send", "--replay", str(saved), "--url", url]
+        )
 
     assert replay_status == 0
-    records = await consume(kafka_bootstrap, [f"{topic_prefix}lead.created"], count=2)
-    assert [record.value for record in records] == [DOC_SAMPLE, DOC_SAMPLE]
+    assert received == [(body, sign(body, TEST_SECRET.encode()))]
 
 
 async def test_timeout_before_max_records_exits_1(kafka_bootstrap, topic_prefix, capsys):
