@@ -1,7 +1,8 @@
-"""Command-line entry point: ``relay serve``, ``relay check-config`` and ``relay topics``.
+"""Command-line entry point: ``relay serve``, ``check-config``, ``topics`` and the tools.
 
-Exit status: 0 on success, 1 when Kafka cannot be reached or a topic is
-missing or cannot be created, 2 for an invalid configuration or command line.
+Exit status of ``serve``, ``check-config`` and ``topics``: 0 on success, 1
+when Kafka cannot be reached or a topic is missing or cannot be created, 2
+for an invalid configuration or command line. The tools document their own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from relay.config import RelayConfig, SourceConfig, load_config
 from relay.errors import ConfigError, TopicAdminError
 from relay.logs import configure_logging
 from relay.routing import header_names
+from relay.tools import add_tool_commands
 from relay.topics import TopicResult, ensure_topics, find_missing_topics
 
 DEFAULT_CONFIG = "config/relay.yaml"
@@ -26,6 +28,10 @@ DEFAULT_TOPICS_TIMEOUT_S = 60.0
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if "run_tool" in args:
+        # The tool commands read a configuration file only when they need one.
+        tool_result: int = args.run_tool(args)
+        return tool_result
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -71,6 +77,8 @@ def _build_parser() -> argparse.ArgumentParser:
             default=DEFAULT_TOPICS_TIMEOUT_S,
             help=f"seconds to wait for Kafka (default: {DEFAULT_TOPICS_TIMEOUT_S:g})",
         )
+
+    add_tool_commands(commands)
     return parser
 
 
