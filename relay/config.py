@@ -56,12 +56,12 @@ DEFAULT_TOPIC_PREFIX = "tasknation."
 
 # Kafka's rule for topic names: at most 249 characters of [A-Za-z0-9._-], not "." or "..".
 MAX_TOPIC_NAME_CHARS = 249
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]*$")
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}\Z")
+_TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]*\Z")
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
 TEMPLATE_FIELDS = ("event", "source")
-_KEY_PATH = re.compile(r"^(id|event|data(\.[^.\s]+)+)$")
-_TOPIC_CONFIG_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_KEY_PATH = re.compile(r"^(id|event|data(\.[^.\s]+)+)\Z")
+_TOPIC_CONFIG_NAME = re.compile(r"^[A-Za-z0-9._-]+\Z")
 # Kafka stores the partition count as a 32-bit and the replication factor as a 16-bit integer.
 # The partition bound is far lower, because more partitions on one topic are most likely a typo.
 MAX_PARTITIONS = 10_000
@@ -74,7 +74,7 @@ DEFAULT_DEDUP_WINDOW_S = 27 * 3600
 
 _ENV_REFERENCE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_WORDS = ("secret", "password", "token")
-_BUSINESS_ID = re.compile(r"^\S{1,256}$")
+_BUSINESS_ID = re.compile(r"^\S{1,256}\Z")
 
 
 def is_valid_topic_name(name: str) -> bool:

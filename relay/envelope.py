@@ -66,10 +66,13 @@ def _parse_timestamp(value: object) -> datetime:
     if not isinstance(value, str):
         raise InvalidEnvelope("invalid_envelope", "'timestamp' must be an RFC 3339 string")
     try:
-        parsed = datetime.fromisoformat(value)
+        # RFC 3339 allows a lowercase "t" and "z"; the rest of a valid value has no letters.
+        parsed = datetime.fromisoformat(value.upper())
     except ValueError:
         raise InvalidEnvelope(
-            "invalid_envelope", f"'timestamp' is not an RFC 3339 date-time: {value[:64]!r}"
+            # The value is left out: it is body content, and this detail is logged.
+            "invalid_envelope",
+            "'timestamp' is not an RFC 3339 date-time",
         ) from None
     if parsed.tzinfo is None:
         # TaskNation sends UTC with a 'Z' suffix; a value without an offset is read as UTC.

@@ -174,10 +174,10 @@ class WebhookHandler:
                 ) from None
 
         if verdict is Verdict.DUPLICATE:
-            log.info("dropping a duplicate: source=%s event_id=%s", source.name, envelope.id)
+            log.info("dropping a duplicate: source=%s event_id=%r", source.name, envelope.id)
         elif verdict is Verdict.REPLAY:
             log.info(
-                "dropping a replay older than dedup.window_s: source=%s event_id=%s timestamp=%s",
+                "dropping a replay older than dedup.window_s: source=%s event_id=%r timestamp=%s",
                 source.name,
                 envelope.id,
                 envelope.timestamp.isoformat(),
@@ -217,7 +217,7 @@ class WebhookHandler:
         dead_letter_topic = self._config.routing.dead_letter_topic
         log.warning(
             "refusing a record of %d bytes for %s, more than kafka.max_request_size (%d): "
-            "event_id=%s; sending a truncated copy to %s instead",
+            "event_id=%r; sending a truncated copy to %s instead",
             size,
             record.topic,
             limit,

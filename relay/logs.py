@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 CONTEXT_FIELDS = (
     "event_id",
@@ -69,6 +70,29 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(document, default=str).decode()
 
 
+class InvalidHttpFilter(logging.Filter):
+    """Shortens aiohttp's log records about malformed HTTP requests to one line.
+
+    aiohttp logs an ERROR with a traceback whose message quotes the raw
+    request bytes (body and signature header included) when it cannot parse
+    a request. The client already got a 400, so the relay keeps only the
+    exception class, at INFO.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiohttp") or not record.exc_info:
+            return True
+        exc = record.exc_info[1]
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "rejected an invalid HTTP request: %s (status %s)"
+            record.args = (type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.INFO
+            record.levelname = "INFO"
+        return True
+
+
 class RepeatFilter(logging.Filter):
     """Rate-limits log records that share a logger and a message template."""
 
@@ -106,6 +130,9 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     """Send the root logger's records to stderr in ``log_format``, rate-limited."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    # The rewrite runs first, so malformed requests and handler crashes,
+    # which aiohttp logs with one template, are rate-limited apart.
+    handler.addFilter(InvalidHttpFilter())
     handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

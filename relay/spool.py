@@ -50,7 +50,7 @@ _PAYLOAD_HEADER = struct.Struct(">BQqH")
 _U16 = struct.Struct(">H")
 _I32 = struct.Struct(">i")
 _U32 = struct.Struct(">I")
-_SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
+_SEGMENT_NAME = re.compile(r"^(\d{20})\.seg\Z")
 _COMMITTED_FILE = "committed"
 _LOCK_FILE = "lock"
 # A forwarder read returns at most this many bytes of frames, plus one frame.

@@ -91,3 +91,15 @@ def test_long_id_rejected() -> None:
     body = SAMPLE.replace(b"evt_abc123", b"e" * 300)
     with pytest.raises(InvalidEnvelope, match="more than 256"):
         parse_envelope(body)
+
+
+def test_lowercase_t_and_z_accepted() -> None:
+    body = SAMPLE.replace(b"2026-02-15T10:30:00Z", b"2026-02-15t10:30:00z")
+    assert parse_envelope(body).timestamp == datetime(2026, 2, 15, 10, 30, tzinfo=UTC)
+
+
+def test_invalid_timestamp_detail_omits_value() -> None:
+    body = SAMPLE.replace(b"2026-02-15T10:30:00Z", b"customer John Doe")
+    with pytest.raises(InvalidEnvelope, match="RFC 3339") as caught:
+        parse_envelope(body)
+    assert "John Doe" not in caught.value.detail

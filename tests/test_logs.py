@@ -3,7 +3,7 @@ import sys
 
 import orjson
 
-from relay.logs import JsonFormatter, RepeatFilter, TextFormatter
+from relay.logs import InvalidHttpFilter, JsonFormatter, RepeatFilter, TextFormatter
 
 
 def make_record(msg: str = "rejected delivery: %s", args: tuple[object, ...] = ("x",), **extra):
@@ -64,3 +64,38 @@ def test_repeat_filter_counts_templates_apart() -> None:
     assert repeat_filter.filter(make_record("first %s"))
     assert repeat_filter.filter(make_record("second %s"))
     assert not repeat_filter.filter(make_record("first %s"))
+
+
+def test_invalid_http_record_loses_raw_bytes() -> None:
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    try:
+        raise BadHttpMessage('Expected LF after chunk data: b\'{"id": "evt_secret_body"}\'')
+    except BadHttpMessage:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "aiohttp.server", logging.ERROR, __file__, 1, "Error handling request from %s",
+        ("127.0.0.1",), exc_info,
+    )  # fmt: skip
+
+    assert InvalidHttpFilter().filter(record)
+
+    line = TextFormatter().format(record)
+    assert "evt_secret_body" not in line
+    assert "BadHttpMessage (status 400)" in line
+    assert record.levelno == logging.INFO
+
+
+def test_own_exceptions_keep_traceback() -> None:
+    try:
+        raise ValueError("a bug")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "aiohttp.server", logging.ERROR, __file__, 1, "Error handling request", (), exc_info
+    )
+
+    assert InvalidHttpFilter().filter(record)
+
+    assert record.exc_info is exc_info
+    assert record.levelno == logging.ERROR

@@ -319,3 +319,11 @@ def test_ce_source_names_source() -> None:
     routed = route_event(envelope, b"{}", source, config.routing, RECEIVED_AT)
 
     assert dict(routed.records[0].headers)["ce_source"] == b"/tasknation/s"
+
+
+def test_trailing_newline_never_safe_topic() -> None:
+    from relay.config import is_safe_event_name, is_valid_topic_name
+
+    assert not is_safe_event_name("lead.created\n")
+    assert not is_valid_topic_name("tasknation.lead.created\n")
+    assert is_valid_topic_name("tasknation.lead.created")

@@ -126,3 +126,16 @@ async def test_unsafe_event_name_goes_to_unrouted(
     assert response.status == 200
     records = await consume(kafka_bootstrap, [f"{topic_prefix}unrouted"], count=1)
     assert records[0].value == body
+
+
+async def test_newline_event_name_goes_unrouted(
+    kafka_bootstrap, topic_prefix, relay_client_factory
+):
+    client = await relay_client_factory(make_config(kafka_bootstrap, topic_prefix))
+    body = event_body("lead.created\n", leadID="L10")
+
+    response = await client.post(PATH, data=body, headers=signed_headers(body))
+
+    assert response.status == 200
+    records = await consume(kafka_bootstrap, [f"{topic_prefix}unrouted"], count=1)
+    assert records[0].value == body
