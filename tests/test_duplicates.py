@@ -100,7 +100,7 @@ async def test_replay_answered_not_published(
     records = await consume(kafka_bootstrap, [topic_prefix + EVENT], count=1)
     assert [record.value for record in records] == [sentinel]
     assert "dropping a replay" in caplog.text
-    assert "event_id=evt_old" in caplog.text
+    assert "event_id='evt_old'" in caplog.text
 
 
 async def test_waiter_publishes_when_first_fails(
