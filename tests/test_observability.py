@@ -80,9 +80,7 @@ async def test_event_type_label_stays_bounded(kafka_bootstrap, topic_prefix, rel
     samples = parse_samples(await (await client.get("/metrics")).text())
 
     event_types = {
-        dict(labels)["event_type"]
-        for name, labels in samples
-        if name == "relay_deliveries_total"
+        dict(labels)["event_type"] for name, labels in samples if name == "relay_deliveries_total"
     }
     assert event_types == {"other"}
     assert samples[delivered("other", "200")] == 5
