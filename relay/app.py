@@ -121,8 +121,11 @@ def _spool_gauges(delivery: Delivery) -> tuple[Callable[[], float], Callable[[],
     return depth, oldest_age_s
 
 
-async def serve(config: RelayConfig, clock: Clock = utc_now) -> None:
+async def serve(config: RelayConfig, clock: Clock = utc_now, *, reuse_port: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully.
+
+    With ``reuse_port``, the listening sockets set ``SO_REUSEPORT``, so that
+    several worker processes share the relay's port and the admin port.
 
     Shutdown reports not ready and keeps serving for ``shutdown_drain_s``.
     Then it stops accepting connections and waits up to ``shutdown_grace_s``
@@ -148,10 +151,10 @@ async def serve(config: RelayConfig, clock: Clock = utc_now) -> None:
     try:
         await runner.setup()
         try:
-            site = web.TCPSite(runner, server.host, server.port)
+            site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
             await site.start()
             if server.admin_port is not None:
-                admin_runner = await _start_admin(app, server.host, server.admin_port)
+                admin_runner = await _start_admin(app, server.host, server.admin_port, reuse_port)
             await _drain(app, runner, await stop_signal)
         finally:
             await runner.cleanup()
@@ -164,10 +167,12 @@ async def serve(config: RelayConfig, clock: Clock = utc_now) -> None:
     log.info("relay stopped")
 
 
-async def _start_admin(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def _start_admin(
+    app: web.Application, host: str, port: int, reuse_port: bool
+) -> web.AppRunner:
     admin_runner = web.AppRunner(create_admin_app(app), handle_signals=False, access_log=None)
     await admin_runner.setup()
-    await web.TCPSite(admin_runner, host, port).start()
+    await web.TCPSite(admin_runner, host, port, reuse_port=reuse_port or None).start()
     log.info("serving /healthz, /readyz and /metrics on %s:%d", host, port)
     return admin_runner
 
