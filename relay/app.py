@@ -64,10 +64,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
     """Build the relay application; the producer starts with the application."""
-    app = web.Application(
-        client_max_size=config.server.max_body_bytes,
-        middlewares=[_track_request],
-    )
+    app = web.Application(client_max_size=config.server.max_body_bytes)
     metrics = RelayMetrics()
     # The largest spooled delivery is one record of at most the body limit plus headers.
     delivery = Delivery.from_config(
@@ -85,9 +82,9 @@ def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
     sources = SourceTable(config.sources)
     handler = WebhookHandler(config, sources, delivery, dedup, clock, metrics)
     for source in sources:
-        app.router.add_post(source.path, handler.handle)
+        app.router.add_post(source.path, _tracked(app, handler.handle))
     if config.server.admin_port is None:
-        _add_admin_routes(app)
+        _add_admin_routes(app, _tracked)
 
     app.cleanup_ctx.append(_publisher_lifetime)
     app.cleanup_ctx.append(topic_check(config))
@@ -103,10 +100,16 @@ def create_admin_app(relay_app: web.Application) -> web.Application:
     return admin
 
 
-def _add_admin_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
+def _add_admin_routes(
+    app: web.Application, wrap: Callable[[web.Application, Handler], Handler] | None = None
+) -> None:
+    routes: tuple[tuple[str, Handler], ...] = (
+        ("/healthz", _healthz),
+        ("/readyz", _readyz),
+        ("/metrics", _metrics),
+    )
+    for path, route_handler in routes:
+        app.router.add_get(path, wrap(app, route_handler) if wrap else route_handler)
 
 
 def _spool_gauges(delivery: Delivery) -> tuple[Callable[[], float], Callable[[], float]]:
@@ -240,19 +243,27 @@ async def _spool_lifetime(app: web.Application) -> AsyncIterator[None]:
     await delivery.stop_spool()
 
 
-@web.middleware
-async def _track_request(request: web.Request, handler: Handler) -> web.StreamResponse:
-    counter = request.app[REQUESTS_KEY]
-    counter.started()
-    try:
-        response = await handler(request)
-    finally:
-        counter.finished()
-    # With `Connection: close` the client opens a new connection for its next
-    # request instead of reusing one that the relay is about to close.
-    if request.app[STOPPING_KEY].is_set():
-        response.force_close()
-    return response
+def _tracked(app: web.Application, handler: Handler) -> Handler:
+    """Wrap ``handler`` to count its running requests and close connections once stopping.
+
+    A wrapper per route costs less per request than an aiohttp middleware.
+    """
+    counter = app[REQUESTS_KEY]
+    stopping = app[STOPPING_KEY]
+
+    async def tracked(request: web.Request) -> web.StreamResponse:
+        counter.started()
+        try:
+            response = await handler(request)
+        finally:
+            counter.finished()
+        # With `Connection: close` the client opens a new connection for its next
+        # request instead of reusing one that the relay is about to close.
+        if stopping.is_set():
+            response.force_close()
+        return response
+
+    return tracked
 
 
 async def _healthz(request: web.Request) -> web.Response:

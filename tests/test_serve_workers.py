@@ -56,7 +56,7 @@ def start_workers(config: Path, port: int, *extra: str) -> subprocess.Popen[byte
 
 
 async def wait_all_ready(base: str, timeout_s: float = 60) -> None:
-    """Wait for 20 ready answers in a row, each on a new connection, so every worker is ready."""
+    """Wait for 20 ready responses in a row, each on a new connection, so every worker is ready."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     in_a_row = 0
@@ -132,7 +132,7 @@ async def test_each_worker_spools_to_its_folder(topic_prefix, tmp_path):
     assert process.returncode == 0, log
     assert {answer["status"] for answer in answers} == {"spooled"}
     depths = [await spooled_count(spool_path / f"worker-{index}") for index in (0, 1)]
-    # Both workers answered: 2 ** -29 is the chance that one of them gets every connection.
+    # Both workers responded: 2 ** -29 is the chance that one of them gets every connection.
     assert sum(depths) == REQUESTS
     assert min(depths) > 0, depths
 
@@ -146,7 +146,7 @@ async def spooled_count(path: Path) -> int:
         await spool.close()
 
 
-def test_a_worker_gets_its_own_spool_folder():
+def test_worker_config_own_spool_folder():
     document = {
         "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
         "sources": [{"name": "tasknation", "path": PATH, "secrets": [TEST_SECRET]}],
