@@ -89,7 +89,11 @@ class _Supervisor:
                 continue
             code = os.waitstatus_to_exitcode(wait_status)
             process.returncode = code
-            if code != 0:
+            if self._stop_signal is not None and code == -self._stop_signal:
+                # Killed by the signal's default action: the worker had not yet installed
+                # its handlers, which it does before it listens, so it served nothing.
+                log.info("worker pid %d stopped before it started serving", pid)
+            elif code != 0:
                 failed = True
                 log.error("worker pid %d exited with %d", pid, code)
             if self._stop_signal is None and self._running:

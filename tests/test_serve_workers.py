@@ -55,10 +55,24 @@ def start_workers(config: Path, port: int, *extra: str) -> subprocess.Popen[byte
     )  # fmt: skip
 
 
-async def wait_all_ready(base: str, timeout_s: float = 60) -> None:
-    """Wait for 20 ready responses in a row, each on a new connection, so every worker is ready."""
+def listening_sockets(port: int) -> int:
+    """Return how many IPv4 sockets listen on ``port``: one per worker with SO_REUSEPORT."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    # Fields: sl, local address as HEXIP:HEXPORT, remote address, state (0A is LISTEN).
+    return sum(
+        1
+        for fields in (line.split() for line in lines)
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port
+    )
+
+
+async def wait_all_ready(base: str, port: int, timeout_s: float = 60) -> None:
+    """Wait until both workers listen, then for 20 ready responses in a row on new connections."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    while listening_sockets(port) < 2:
+        assert loop.time() < deadline, f"{listening_sockets(port)} workers listen, expected 2"
+        await asyncio.sleep(0.2)
     in_a_row = 0
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -101,7 +115,7 @@ async def test_two_workers_publish_and_stop(kafka_bootstrap, topic_prefix, tmp_p
     process = start_workers(config, port)
     bodies = [numbered_body(index) for index in range(REQUESTS)]
     try:
-        await wait_all_ready(f"http://127.0.0.1:{port}")
+        await wait_all_ready(f"http://127.0.0.1:{port}", port)
         answers = await post_each_on_new_connection(f"http://127.0.0.1:{port}", bodies)
     finally:
         log = await stop(process)
@@ -123,7 +137,7 @@ async def test_each_worker_spools_to_its_folder(topic_prefix, tmp_path):
     port = free_port()
     process = start_workers(config, port, "--loop", "asyncio")
     try:
-        await wait_all_ready(f"http://127.0.0.1:{port}")
+        await wait_all_ready(f"http://127.0.0.1:{port}", port)
         bodies = [numbered_body(index) for index in range(REQUESTS)]
         answers = await post_each_on_new_connection(f"http://127.0.0.1:{port}", bodies)
     finally:
@@ -185,3 +199,22 @@ def test_loop_choice_is_accepted(loop):
             assert type(event_loop).__module__.startswith("uvloop")
         finally:
             event_loop.close()
+
+
+def test_sigterm_during_start_exits_zero(tmp_path):
+    config = write_config(tmp_path / "relay.yaml", f"127.0.0.1:{free_port()}", "t.")
+    process = start_workers(config, free_port())
+    assert process.stdout is not None
+    lines = []
+    # The parent logs this line right after starting the workers, before they can serve.
+    for line in iter(process.stdout.readline, b""):
+        lines.append(line.decode())
+        if "started 2 workers" in lines[-1]:
+            process.send_signal(signal.SIGTERM)
+            break
+    output, _ = process.communicate(timeout=60)
+    log = "".join(lines) + output.decode()
+
+    assert process.returncode == 0, log
+    stopped = log.count("relay stopped") + log.count("stopped before it started serving")
+    assert stopped == 2, log
