@@ -24,6 +24,16 @@ def process_cpu_s(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS_PER_S
 
 
+def process_tree(pid: int) -> list[int]:
+    """Return ``pid`` and its descendants, such as the workers of ``relay serve --workers``."""
+    pids = [pid]
+    for parent in pids:
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            children = (task / "children").read_text().split()
+            pids.extend(int(child) for child in children)
+    return pids
+
+
 def peak_rss_bytes(pid: int) -> int:
     """Return the peak resident set size of ``pid`` (VmHWM), in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

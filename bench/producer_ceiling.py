@@ -63,7 +63,8 @@ def load_records(config: RelayConfig, targets: Path, topic_prefix: str) -> list[
     with open(targets, "rb") as lines:
         for line in itertools.islice(lines, RECORD_POOL_SIZE):
             body = base64.b64decode(orjson.loads(line)["body"])
-            records.extend(route_event(parse_envelope(body), body, source, routing, received_at))
+            routed = route_event(parse_envelope(body), body, source, routing, received_at)
+            records.extend(routed.records)
     return records
 
 

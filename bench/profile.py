@@ -32,7 +32,7 @@ _OUTER_FUNCTIONS = frozenset({
 class Profiler:
     """A ``py-spy record`` process attached to one pid for a fixed time."""
 
-    def __init__(self, pid: int, duration_s: int, output: Path) -> None:
+    def __init__(self, pid: int, duration_s: int, output: Path, subprocesses: bool = False) -> None:
         py_spy = shutil.which("py-spy")
         if py_spy is None:
             raise RuntimeError("py-spy is not installed; run bench/setup (pip install py-spy)")
@@ -42,6 +42,9 @@ class Profiler:
             "--rate", str(SAMPLES_PER_S), "--format", "raw", "--nonblocking",
             "--output", str(output),
         ]  # fmt: skip
+        if subprocesses:
+            # The workers of relay serve --workers are children of the process started.
+            self._command.append("--subprocesses")
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -42,7 +42,13 @@ from aiokafka.errors import KafkaError
 from bench import report
 from bench.loadgen import Attack, LoadGeneratorError, RequestResult, Vegeta, find_vegeta
 from bench.payloads import EVENT_TYPES, iter_deliveries, vegeta_target
-from bench.processes import MachineCpu, ServerProcess, peak_rss_bytes, process_cpu_s
+from bench.processes import (
+    MachineCpu,
+    ServerProcess,
+    peak_rss_bytes,
+    process_cpu_s,
+    process_tree,
+)
 from bench.profile import Profiler, summarize_profile
 from bench.stats import FIXED_RATE, SATURATION, Resources, RunStats, Sample, summarize
 from bench.verify import SentDelivery, Verification, sent_delivery, verify
@@ -70,6 +76,8 @@ class Settings:
     concurrency: int
     partitions: int
     linger_ms: int | None
+    workers: int
+    loop: str
     saturation_requests: int
     warmup_requests: int
     seed: int
@@ -155,6 +163,19 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="kafka.linger_ms of the relay (default: the relay's)",
     )
     add(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes of the relay and of the no-op server (relay serve --workers; default: 1)",
+    )
+    add(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="event loop of the relay and the no-op server (relay serve --loop; default: auto)",
+    )
+    add(
         "--saturation-requests",
         type=int,
         metavar="N",
@@ -199,6 +220,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         concurrency=args.concurrency,
         partitions=args.partitions,
         linger_ms=args.linger_ms,
+        workers=args.workers,
+        loop=args.loop,
         saturation_requests=args.saturation_requests,
         warmup_requests=args.warmup_requests,
         seed=args.seed,
@@ -266,6 +289,12 @@ def python_module_command(module_args: list[str]) -> tuple[list[str], dict[str, 
     return [sys.executable, "-m", *module_args], env
 
 
+def relay_command(config: Path, settings: Settings) -> list[str]:
+    """Return the module arguments of ``relay serve`` with the run's workers and event loop."""
+    return ["relay", "serve", "--config", str(config), "--workers", str(settings.workers),
+            "--loop", settings.loop]  # fmt: skip
+
+
 def server_process(name: str, module_args: list[str], workspace: Workspace) -> ServerProcess:
     command, env = python_module_command(module_args)
     return ServerProcess(
@@ -284,11 +313,14 @@ def measure(
     """Run one attack against ``server`` and summarize it with the server's CPU and memory."""
     time.sleep(SETTLE_S)
     machine_before = MachineCpu.read()
-    cpu_before = process_cpu_s(server.pid)
+    pids = process_tree(server.pid)
+    cpu_before = sum(process_cpu_s(pid) for pid in pids)
     results_file, loadgen_cpu_s = vegeta.attack(attack, root)
-    cpu_s = process_cpu_s(server.pid) - cpu_before
+    cpu_s = sum(process_cpu_s(pid) for pid in pids) - cpu_before
     busy = MachineCpu.read().busy_percent_since(machine_before)
-    resources = Resources(cpu_s, peak_rss_bytes(server.pid), busy, loadgen_cpu_s)
+    # With several workers, the peak of the largest process: the target is per process.
+    peak_rss = max(peak_rss_bytes(pid) for pid in pids)
+    resources = Resources(cpu_s, peak_rss, busy, loadgen_cpu_s)
 
     results = vegeta.decode(results_file)
     samples = [Sample(r.started_ns, r.latency_ns, r.status) for r in results]
@@ -317,7 +349,7 @@ def bench_relay(workspace: Workspace, vegeta: Vegeta) -> list[RunStats]:
     workspace.make_targets("saturation", settings.saturation_requests)
 
     runs: list[RunStats] = []
-    relay_args = ["relay", "serve", "--config", str(config)]
+    relay_args = relay_command(config, settings)
     with server_process("relay", relay_args, workspace) as relay:
         warmup = workspace.saturation("warmup", duration_s=120)
         workspace.relay_responses += bodies_of_2xx(vegeta.run(warmup, workspace.root))
@@ -343,9 +375,9 @@ def profile_relay(workspace: Workspace, vegeta: Vegeta, max_rate: float) -> dict
     count = int(max_rate * settings.profile_s * 1.5)
     workspace.make_targets("profile", settings.warmup_requests + count)
     output = workspace.root / "profile.txt"
-    relay_args = ["relay", "serve", "--config", str(workspace.root / "relay.yaml")]
+    relay_args = relay_command(workspace.root / "relay.yaml", settings)
     with server_process("relay-profiled", relay_args, workspace) as relay:
-        profiler = Profiler(relay.pid, settings.profile_s, output)
+        profiler = Profiler(relay.pid, settings.profile_s, output, settings.workers > 1)
         profiler.start()
         attack = workspace.saturation("profile", duration_s=settings.profile_s)
         workspace.relay_responses += bodies_of_2xx(vegeta.run(attack, workspace.root))
@@ -362,6 +394,7 @@ def bench_noop(workspace: Workspace, vegeta: Vegeta) -> list[RunStats]:
     """Measure the no-op aiohttp server with the relay's requests at the same rates."""
     settings = workspace.settings
     args = ["bench.noop_server", "--port", str(workspace.port), "--path", WEBHOOK_PATH]
+    args += ["--workers", str(settings.workers), "--loop", settings.loop]
     runs = []
     with server_process("noop", args, workspace) as noop:
         vegeta.run(workspace.saturation("warmup", duration_s=120), workspace.root)

@@ -16,10 +16,12 @@ from relay import __version__
 from relay.app import serve
 from relay.config import RelayConfig, SourceConfig, load_config
 from relay.errors import ConfigError, TopicAdminError
+from relay.event_loop import LOOP_CHOICES, event_loop_factory
 from relay.logs import configure_logging
 from relay.routing import header_names
 from relay.tools import add_tool_commands
 from relay.topics import TopicResult, ensure_topics, find_missing_topics
+from relay.workers import run_workers, worker_config
 
 DEFAULT_CONFIG = "config/relay.yaml"
 DEFAULT_TOPICS_TIMEOUT_S = 60.0
@@ -52,6 +54,20 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_argument(serve)
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port with SO_REUSEPORT (default: 1)",
+    )
+    serve.add_argument(
+        "--loop",
+        choices=LOOP_CHOICES,
+        default="auto",
+        help="event loop: uvloop, asyncio, or auto (uvloop when installed; the default)",
+    )
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser(
@@ -102,8 +118,37 @@ def _serve(args: argparse.Namespace, config: RelayConfig) -> int:
         config = config.model_copy(update={"server": server})
 
     configure_logging(config.log_level, config.log_format)
-    asyncio.run(serve(config))
+    if args.workers > 1 and args.worker_index is None:
+        return run_workers(lambda index: _worker_args(args, index), args.workers)
+    reuse_port = args.worker_index is not None
+    if reuse_port:
+        config = worker_config(config, args.worker_index)
+    try:
+        loop_factory = event_loop_factory(args.loop)
+    except ImportError as exc:
+        print(f"relay: --loop uvloop: {exc}", file=sys.stderr)
+        return 2
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(config, reuse_port=reuse_port))
     return 0
+
+
+def _worker_args(args: argparse.Namespace, index: int) -> list[str]:
+    """Return the command line of worker ``index``: this one's, for one process."""
+    worker = [sys.executable, "-m", "relay", "serve", "--config", args.config]
+    worker += ["--loop", args.loop, "--worker-index", str(index)]
+    if args.host is not None:
+        worker += ["--host", args.host]
+    if args.port is not None:
+        worker += ["--port", str(args.port)]
+    return worker
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _check_config(args: argparse.Namespace, config: RelayConfig) -> int:

@@ -166,7 +166,11 @@ class Publisher:
                 )
                 for record in records
             ]
-            metadata = list(await asyncio.gather(*futures))
+            # Most deliveries are one record: awaiting its future needs no gather task.
+            if len(futures) == 1:
+                metadata = [await futures[0]]
+            else:
+                metadata = list(await asyncio.gather(*futures))
         except KafkaError as exc:
             self._metrics.kafka_errors.labels(type(exc).__name__).inc()
             self._check_producer(producer, exc)

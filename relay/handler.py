@@ -6,11 +6,15 @@ route -> check record size -> deliver -> answer
 Each stage before delivery is a pure function or object in its own module;
 this file only sequences them, applies the deadline, lets concurrent
 deliveries of one event id wait for each other and maps errors to responses.
+
+One timer bounds the whole request: ``_Report.stage`` names the stage that
+was waiting when the deadline passed, which picks the error and its status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +22,7 @@ from datetime import datetime
 
 import orjson
 from aiohttp import web
+from prometheus_client import Counter
 
 from relay.body import read_body
 from relay.clock import Clock, utc_now
@@ -57,14 +62,18 @@ class WebhookHandler:
         self._clock = clock
         # (source name, event id) -> set once the delivery being published ends
         self._publishing: dict[tuple[str, str], asyncio.Event] = {}
+        self._counters: dict[tuple[str | None, str | None, int, str], tuple[Counter, ...]] = {}
 
     async def handle(self, request: web.Request) -> web.Response:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.server.deadline_s
+        deadline = asyncio.get_running_loop().time() + self._config.server.deadline_s
         report = _Report()
         self._metrics.in_flight.inc()
         try:
-            response = await self._handle(request, deadline, report)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    response = await self._handle(request, deadline, report)
+            except TimeoutError:
+                raise self._deadline_error(report) from None
         except Rejection as exc:
             response = self._reject(request, exc, report)
         finally:
@@ -72,12 +81,38 @@ class WebhookHandler:
         self._count(report, response.status)
         return response
 
+    def _deadline_error(self, report: _Report) -> Rejection:
+        """Return the error for a request whose deadline passed while ``report.stage`` waited."""
+        deadline_s = self._config.server.deadline_s
+        if report.stage is _Stage.BODY:
+            return BodyReadTimeout("the body did not arrive within the request deadline")
+        if report.stage is _Stage.ADMIT:
+            return DeliveryUnavailable(
+                f"another delivery of event_id={report.event_id} was still being published "
+                f"after {deadline_s} s"
+            )
+        return DeliveryUnavailable(
+            f"Kafka did not acknowledge within {deadline_s} s (event_id={report.event_id})"
+        )
+
     def _count(self, report: _Report, status: int) -> None:
+        # Label children are looked up once per combination: labels() costs a lock and a hash.
+        key = (report.source, report.event, status, report.outcome)
+        counters = self._counters.get(key)
+        if counters is None:
+            counters = self._counters[key] = self._new_counters(report, status)
+        for counter in counters:
+            counter.inc()
+
+    def _new_counters(self, report: _Report, status: int) -> tuple[Counter, ...]:
         source = report.source or "unknown"
         event_type = event_type_label(report.event)
-        self._metrics.deliveries.labels(source, event_type, str(status)).inc()
+        counters = [self._metrics.deliveries.labels(source, event_type, str(status))]
         if report.outcome not in _PUBLISHED_OUTCOMES:
-            self._metrics.rejections.labels(source, report.outcome).inc()
+            counters.append(self._metrics.rejections.labels(source, report.outcome))
+        if len(self._counters) >= _MAX_CACHED_COUNTERS:
+            self._counters.clear()
+        return tuple(counters)
 
     async def _handle(self, request: web.Request, deadline: float, report: _Report) -> web.Response:
         received_at = self._clock()
@@ -86,11 +121,8 @@ class WebhookHandler:
             raise web.HTTPNotFound()
         report.source = source.name
 
-        try:
-            async with asyncio.timeout_at(deadline):
-                body = await read_body(request, self._config.server.max_body_bytes)
-        except TimeoutError:
-            raise BodyReadTimeout("the body did not arrive within the request deadline") from None
+        body = await read_body(request, self._config.server.max_body_bytes)
+        report.stage = _Stage.ADMIT
 
         verify_signature(body, _signature_header(request, source), source.secrets)
 
@@ -106,6 +138,7 @@ class WebhookHandler:
             )
             routing = self._config.routing
             record = route_dead_letter(body, source, routing, exc.reason, exc.detail, received_at)
+            report.stage = _Stage.DELIVER
             status = await self._deliver([record], deadline, event_id=None)
             return report.answer(200, {"status": status, "id": None})
 
@@ -122,7 +155,8 @@ class WebhookHandler:
         deadline: float,
         report: _Report,
     ) -> web.Response:
-        verdict = await self._admit(envelope, source, deadline)
+        verdict = await self._admit(envelope, source)
+        report.stage = _Stage.DELIVER
         if verdict is not Verdict.NEW:
             return report.answer(200, {"status": verdict.value, "id": envelope.id})
 
@@ -153,7 +187,7 @@ class WebhookHandler:
             done.set()
         return report.answer(200, {"status": status, "id": envelope.id})
 
-    async def _admit(self, envelope: Envelope, source: Source, deadline: float) -> Verdict:
+    async def _admit(self, envelope: Envelope, source: Source) -> Verdict:
         """Return the dedup verdict, after waiting for a delivery of the same id in flight.
 
         When the delivery in flight fails, the next waiter to ask is admitted
@@ -163,15 +197,7 @@ class WebhookHandler:
             verdict = self._dedup.admit(source.name, envelope.id, envelope.timestamp)
             if verdict is not Verdict.IN_FLIGHT:
                 break
-            done = self._publishing[(source.name, envelope.id)]
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await done.wait()
-            except TimeoutError:
-                raise DeliveryUnavailable(
-                    f"another delivery of event_id={envelope.id} was still being published "
-                    f"after {self._config.server.deadline_s} s"
-                ) from None
+            await self._publishing[(source.name, envelope.id)].wait()
 
         if verdict is Verdict.DUPLICATE:
             log.info("dropping a duplicate: source=%s event_id=%r", source.name, envelope.id)
@@ -187,7 +213,10 @@ class WebhookHandler:
     async def _deliver(
         self, records: Sequence[Record], deadline: float, event_id: str | None
     ) -> str:
-        """Publish ``records`` within the deadline and return the status for the response."""
+        """Publish ``records`` and return the status for the response.
+
+        The caller's timer bounds the wait; ``deadline`` tells the spool when to take over.
+        """
         status = "dead_lettered" if event_id is None else "published"
         checked = []
         for record in records:
@@ -196,14 +225,7 @@ class WebhookHandler:
                 status = "dead_lettered"
             checked.append(fitting)
 
-        try:
-            async with asyncio.timeout_at(deadline):
-                outcome = await self._delivery.deliver(checked, deadline)
-        except TimeoutError:
-            raise DeliveryUnavailable(
-                f"Kafka did not acknowledge within {self._config.server.deadline_s} s "
-                f"(event_id={event_id})"
-            ) from None
+        outcome = await self._delivery.deliver(checked, deadline)
         if outcome is DeliveryOutcome.SPOOLED and status == "published":
             status = "spooled"
         return status
@@ -250,6 +272,16 @@ class WebhookHandler:
 
 # Outcomes that put the event in Kafka or the spool; every other outcome counts as a rejection.
 _PUBLISHED_OUTCOMES = frozenset({"published", "spooled"})
+# Bounds the cache of metric label children; event types come from senders.
+_MAX_CACHED_COUNTERS = 4096
+
+
+class _Stage(enum.Enum):
+    """What a request waits for; the stage at the deadline picks the error."""
+
+    BODY = "body"
+    ADMIT = "admit"
+    DELIVER = "deliver"
 
 
 @dataclass(slots=True)
@@ -260,6 +292,7 @@ class _Report:
     event: str | None = None
     event_id: str | None = None
     outcome: str = "unknown"
+    stage: _Stage = _Stage.BODY
 
     def answer(self, status: int, payload: dict[str, object]) -> web.Response:
         """Return the JSON response, recording its ``status`` field as the outcome."""

@@ -15,7 +15,7 @@ from relay.routing import Record, record_key, route_event
 from relay.signature import verify_signature
 from relay.sources import Source
 
-ROUTING = RoutingConfig()
+ROUTING = RoutingConfig.model_validate({})
 SOURCE = Source(
     name="tasknation",
     path="/webhooks/tasknation",
@@ -27,17 +27,17 @@ RECEIVED_AT = datetime(2026, 2, 15, 10, 30, 1, tzinfo=UTC)
 
 def test_route_event(benchmark: BenchmarkFixture, delivery: Delivery) -> None:
     envelope = parse_envelope(delivery.body)
-    records = benchmark(route_event, envelope, delivery.body, SOURCE, ROUTING, RECEIVED_AT)
-    assert records[0].topic == ROUTING.topic_prefix + delivery.event
+    routed = benchmark(route_event, envelope, delivery.body, SOURCE, ROUTING, RECEIVED_AT)
+    assert routed.records[0].topic == ROUTING.topic_prefix + delivery.event
 
 
 def test_verify_parse_route(benchmark: BenchmarkFixture, delivery: Delivery) -> None:
     """The stages that run before delivery, as the handler calls them for one request."""
 
-    def stages() -> list[Record]:
+    def stages() -> tuple[Record, ...]:
         verify_signature(delivery.body, delivery.signature, SOURCE.secrets)
         envelope = parse_envelope(delivery.body)
-        return route_event(envelope, delivery.body, SOURCE, ROUTING, RECEIVED_AT)
+        return route_event(envelope, delivery.body, SOURCE, ROUTING, RECEIVED_AT).records
 
     records = benchmark(stages)
     assert records[0].value == delivery.body
