@@ -323,7 +323,7 @@ class Publisher:
 
 
 class DeliveryOutcome(enum.Enum):
-    """Where an accepted delivery is durable."""
+    """The place where an accepted delivery became durable: Kafka or the spool."""
 
     PUBLISHED = "published"
     SPOOLED = "spooled"

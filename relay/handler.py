@@ -277,7 +277,7 @@ _MAX_CACHED_COUNTERS = 4096
 
 
 class _Stage(enum.Enum):
-    """What a request waits for; the stage at the deadline picks the error."""
+    """The step a request is waiting on. At the deadline it decides the error status."""
 
     BODY = "body"
     ADMIT = "admit"
@@ -286,7 +286,7 @@ class _Stage(enum.Enum):
 
 @dataclass(slots=True)
 class _Report:
-    """What one request learned about its delivery, for metrics and log context."""
+    """Source, event and outcome of one request, for metrics and log context."""
 
     source: str | None = None
     event: str | None = None

@@ -365,7 +365,7 @@ class _Pending:
 
 @dataclass(slots=True)
 class _Written:
-    """What one group commit changed, applied to the segment list on the event loop."""
+    """Changes made by one group commit, applied to the segment list on the event loop."""
 
     segments: list[_Segment] = field(default_factory=list)
 
