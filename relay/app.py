@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.typedefs import Handler
 
 from relay.clock import Clock, utc_now
@@ -81,8 +81,11 @@ def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
 
     sources = SourceTable(config.sources)
     handler = WebhookHandler(config, sources, delivery, dedup, clock, metrics)
+    expect_handler = _expect_within_limit(config.server.max_body_bytes)
     for source in sources:
-        app.router.add_post(source.path, _tracked(app, handler.handle))
+        app.router.add_post(
+            source.path, _tracked(app, handler.handle), expect_handler=expect_handler
+        )
     if config.server.admin_port is None:
         _add_admin_routes(app, _tracked)
 
@@ -90,6 +93,28 @@ def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
     app.cleanup_ctx.append(topic_check(config))
     app.cleanup_ctx.append(_spool_lifetime)
     return app
+
+
+def _expect_within_limit(
+    max_body_bytes: int,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
+    """Return an ``Expect: 100-continue`` handler that answers 413 before inviting the body."""
+
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        declared = request.content_length
+        if declared is not None and declared > max_body_bytes:
+            message = f"Content-Length {declared} exceeds the limit of {max_body_bytes} bytes"
+            log.info("rejected delivery: path=%s status=413 reason=body_too_large", request.path)
+            return web.json_response({"error": "body_too_large", "message": message}, status=413)
+        if request.version == HttpVersion11 and (
+            request.headers.get("Expect", "").lower() == "100-continue"
+        ):
+            # The same interim response as aiohttp's default expect handler.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+        return None
+
+    return expect
 
 
 def create_admin_app(relay_app: web.Application) -> web.Application:

@@ -21,7 +21,7 @@ from relay.signature import sign
 from tests.conftest import TEST_SECRET, make_config
 from tests.kafka_records import consume
 from tests.raw_http import Part, RawResponse, build_request, send_raw
-from tests.test_webhook_kafka import PATH, event_body
+from tests.test_webhook_kafka import PATH, event_body, signed_headers
 
 EVENT = "lead.created"
 SIGNATURE = "X-TaskNation-Signature"
@@ -397,3 +397,35 @@ async def test_invalid_envelope_dead_lettered_end_to_end(
     headers = dict(records[0].headers)
     assert headers["relay_dead_letter_reason"] == reason.encode()
     assert headers["relay_source"] == b"tasknation"
+
+
+async def test_expect_continue_oversize_gets_413(
+    kafka_bootstrap, topic_prefix, relay_client_factory
+):
+    config = make_config(kafka_bootstrap, topic_prefix)
+    client = await relay_client_factory(config)
+    declared = config.server.max_body_bytes + 1
+    head = (
+        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+        f"Content-Length: {declared}\r\nX-TaskNation-Signature: {'0' * 64}\r\n\r\n"
+    ).encode()
+
+    answer = await send_raw(client.port, [head])
+
+    assert answer is not None
+    assert answer.status == 413
+    assert answer.json()["error"] == "body_too_large"
+
+
+async def test_expect_continue_within_limit_published(
+    kafka_bootstrap, topic_prefix, relay_client_factory
+):
+    client = await relay_client_factory(make_config(kafka_bootstrap, topic_prefix))
+    body = event_body("lead.created", leadID="L7")
+
+    response = await client.post(
+        PATH, data=body, headers={**signed_headers(body), "Expect": "100-continue"}
+    )
+
+    assert response.status == 200
+    assert (await response.json())["status"] == "published"
