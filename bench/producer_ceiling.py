@@ -29,7 +29,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from relay.config import KafkaConfig, RelayConfig, load_config
+from relay.delivery import producer_settings
 from relay.envelope import parse_envelope
+from relay.kafka_security import kafka_client_kwargs
 from relay.routing import Record, route_event
 from relay.sources import SourceTable
 
@@ -41,17 +43,8 @@ WARMUP_SENDS = 500
 
 def relay_producer(config: KafkaConfig) -> AIOKafkaProducer:
     """Return a producer with the settings of relay/delivery.py ``Publisher``."""
-    # NOTE: these arguments mirror Publisher._new_producer; change both together.
-    return AIOKafkaProducer(
-        bootstrap_servers=config.bootstrap_servers,
-        client_id=f"{config.client_id}-ceiling",
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=config.linger_ms,
-        max_request_size=config.max_request_size,
-        request_timeout_ms=config.request_timeout_ms,
-        metadata_max_age_ms=config.metadata_max_age_ms,
-    )
+    client = {**kafka_client_kwargs(config), "client_id": f"{config.client_id}-ceiling"}
+    return AIOKafkaProducer(**client, **producer_settings(config))
 
 
 def load_records(config: RelayConfig, targets: Path, topic_prefix: str) -> list[Record]:

@@ -310,16 +310,19 @@ class Publisher:
         await producer.client.close()
 
     def _new_producer(self) -> AIOKafkaProducer:
-        config = self._config
-        return AIOKafkaProducer(
-            **self._client_kwargs,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=config.linger_ms,
-            max_request_size=config.max_request_size,
-            request_timeout_ms=config.request_timeout_ms,
-            metadata_max_age_ms=config.metadata_max_age_ms,
-        )
+        return AIOKafkaProducer(**self._client_kwargs, **producer_settings(self._config))
+
+
+def producer_settings(config: KafkaConfig) -> dict[str, Any]:
+    """Return the producer's delivery and batching arguments, with acks=all and idempotence."""
+    return {
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": config.linger_ms,
+        "max_request_size": config.max_request_size,
+        "request_timeout_ms": config.request_timeout_ms,
+        "metadata_max_age_ms": config.metadata_max_age_ms,
+    }
 
 
 class DeliveryOutcome(enum.Enum):
