@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import orjson
+import pytest
 
 from relay.signature import sign
 from tests.conftest import TEST_SECRET, make_config
@@ -115,24 +116,13 @@ async def test_invalid_envelope_dead_lettered(kafka_bootstrap, topic_prefix, rel
     assert b"'id'" in headers["relay_dead_letter_detail"]
 
 
+# "$" in a Python regex also matches before a final newline, so the second case checks the anchor.
+@pytest.mark.parametrize("event", ["lead/created?x=1", "lead.created\n"])
 async def test_unsafe_event_name_goes_to_unrouted(
-    kafka_bootstrap, topic_prefix, relay_client_factory
+    kafka_bootstrap, topic_prefix, relay_client_factory, event
 ):
     client = await relay_client_factory(make_config(kafka_bootstrap, topic_prefix))
-    body = event_body("lead/created?x=1", leadID="L9")
-
-    response = await client.post(PATH, data=body, headers=signed_headers(body))
-
-    assert response.status == 200
-    records = await consume(kafka_bootstrap, [f"{topic_prefix}unrouted"], count=1)
-    assert records[0].value == body
-
-
-async def test_newline_event_name_goes_unrouted(
-    kafka_bootstrap, topic_prefix, relay_client_factory
-):
-    client = await relay_client_factory(make_config(kafka_bootstrap, topic_prefix))
-    body = event_body("lead.created\n", leadID="L10")
+    body = event_body(event, leadID="L9")
 
     response = await client.post(PATH, data=body, headers=signed_headers(body))
 
