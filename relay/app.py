@@ -98,7 +98,7 @@ def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
 def _expect_within_limit(
     max_body_bytes: int,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
-    """Return an ``Expect: 100-continue`` handler that answers 413 before inviting the body."""
+    """Return an ``Expect: 100-continue`` handler that returns 413 before inviting the body."""
 
     async def expect(request: web.Request) -> web.StreamResponse | None:
         declared = request.content_length
@@ -186,7 +186,7 @@ async def serve(config: RelayConfig, clock: Clock = utc_now, *, reuse_port: bool
             await _drain(app, runner, await stop_signal)
         finally:
             await runner.cleanup()
-            # The probes keep answering (503) until the relay has stopped.
+            # The probes keep responding (503) until the relay has stopped.
             if admin_runner is not None:
                 await admin_runner.cleanup()
     finally:

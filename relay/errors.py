@@ -2,8 +2,8 @@
 
 Every error the relay raises on purpose derives from ``RelayError``. A
 ``Rejection`` ends one request and carries the HTTP status and a short
-machine-readable reason; ``retriable`` says whether the sender can expect a
-later attempt of the same delivery to succeed.
+machine-readable reason. ``retriable`` is True when a later attempt of the
+same delivery can succeed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class ConfigError(RelayError):
 
 
 class Rejection(RelayError):
-    """A delivery that the relay answers with an error status."""
+    """A delivery rejected with an error status."""
 
     status: int = 400
     reason: str = "rejected"

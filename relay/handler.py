@@ -215,7 +215,8 @@ class WebhookHandler:
     ) -> str:
         """Publish ``records`` and return the status for the response.
 
-        The caller's timer bounds the wait; ``deadline`` tells the spool when to take over.
+        The caller's timer bounds the wait. At ``deadline`` minus the spool's
+        reserve, the spool takes over.
         """
         status = "dead_lettered" if event_id is None else "published"
         checked = []
