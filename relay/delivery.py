@@ -49,6 +49,7 @@ from relay.config import KafkaConfig, SpoolConfig
 from relay.errors import DeliveryUnavailable
 from relay.kafka_security import kafka_client_kwargs
 from relay.metrics import RelayMetrics
+from relay.partitioner import partition_for
 from relay.routing import Record
 from relay.spool import Spool, SpoolEntry, SpoolStats
 
@@ -322,6 +323,7 @@ def producer_settings(config: KafkaConfig) -> dict[str, Any]:
         "max_request_size": config.max_request_size,
         "request_timeout_ms": config.request_timeout_ms,
         "metadata_max_age_ms": config.metadata_max_age_ms,
+        "partitioner": partition_for,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from relay.config import RelayConfig
 from relay.signature import MAX_CANDIDATES, sign
@@ -132,6 +133,8 @@ async def test_lead_keys_stick_to_partition(kafka_bootstrap, topic_prefix, relay
             key=lambda record: record.offset,
         )
         assert len({record.partition for record in own}) == 1, lead
+        # The partition the Java client picks: toPositive(murmur2(key)) % partitions.
+        assert own[0].partition == (aiokafka_murmur2(lead.encode()) & 0x7FFFFFFF) % 6, lead
         sequences = [orjson.loads(record.value)["data"]["sequence"] for record in own]
         assert sequences == list(range(len(events))), lead
 
