@@ -33,7 +33,7 @@ from relay.envelope import Envelope, parse_envelope
 from relay.errors import BodyReadTimeout, DeliveryUnavailable, InvalidEnvelope, Rejection
 from relay.metrics import RelayMetrics, event_type_label
 from relay.record_size import dead_letter_oversized, estimated_batch_bytes
-from relay.routing import Record, route_dead_letter, route_event
+from relay.routing import Record, Router, route_dead_letter
 from relay.signature import verify_signature
 from relay.sources import Source, SourceTable
 
@@ -60,6 +60,9 @@ class WebhookHandler:
         self._delivery = delivery
         self._dedup = dedup
         self._clock = clock
+        self._router = Router(config.routing)
+        # Requests being handled; RelayMetrics reads it at each scrape.
+        self.in_flight = 0
         # (source name, event id) -> set once the delivery being published ends
         self._publishing: dict[tuple[str, str], asyncio.Event] = {}
         self._counters: dict[tuple[str | None, str | None, int, str], tuple[Counter, ...]] = {}
@@ -67,7 +70,7 @@ class WebhookHandler:
     async def handle(self, request: web.Request) -> web.Response:
         deadline = asyncio.get_running_loop().time() + self._config.server.deadline_s
         report = _Report()
-        self._metrics.in_flight.inc()
+        self.in_flight += 1
         try:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -77,7 +80,7 @@ class WebhookHandler:
         except Rejection as exc:
             response = self._reject(request, exc, report)
         finally:
-            self._metrics.in_flight.dec()
+            self.in_flight -= 1
         self._count(report, response.status)
         return response
 
@@ -164,7 +167,7 @@ class WebhookHandler:
         self._publishing[(source.name, envelope.id)] = done
         acknowledged = False
         try:
-            routed = route_event(envelope, body, source, self._config.routing, received_at)
+            routed = self._router.route(envelope, body, source, received_at)
             if routed.drop_reason is not None:
                 log.info(
                     "not publishing an authentic event: source=%s event_id=%r event=%r reason=%s",

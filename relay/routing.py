@@ -9,13 +9,14 @@ spliced in byte for byte.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
 
-from relay.config import ContentMode, RoutingConfig
+from relay.config import ContentMode, Destination, RoutingConfig
 from relay.envelope import Envelope
 from relay.sources import Source
 
@@ -29,6 +30,7 @@ STRUCTURED_CONTENT_TYPE = b"application/cloudevents+json; charset=UTF-8"
 _BINARY_ATTRIBUTE_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time")
 
 DROPPED_BY_ROUTE = "dropped_by_route"
+MAX_CACHED_DESTINATIONS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +64,52 @@ def route_event(
     """Return the records for one authentic, well-formed event.
 
     No records are returned, with a reason, when the source's allow-lists
-    exclude the event or the matching route drops it.
+    exclude the event or the matching route drops it. ``Router`` gives the
+    same result and remembers each event type's destination.
     """
+    return _route(envelope, body, source, routing.destination, received_at)
+
+
+class Router:
+    """Routes events with one routing configuration, as ``route_event`` does.
+
+    Routes do not change after the configuration is loaded, so the
+    destination of each (event type, source) pair is computed once and kept.
+    Event types come from senders, so at most ``MAX_CACHED_DESTINATIONS``
+    pairs are kept; the cache starts over when it is full.
+    """
+
+    def __init__(self, routing: RoutingConfig) -> None:
+        self._routing = routing
+        self._destinations: dict[tuple[str, str], Destination] = {}
+
+    def route(
+        self, envelope: Envelope, body: bytes, source: Source, received_at: datetime
+    ) -> RoutedEvent:
+        return _route(envelope, body, source, self._destination, received_at)
+
+    def _destination(self, event: str, source: str) -> Destination:
+        key = (event, source)
+        destination = self._destinations.get(key)
+        if destination is None:
+            if len(self._destinations) >= MAX_CACHED_DESTINATIONS:
+                self._destinations.clear()
+            destination = self._destinations[key] = self._routing.destination(event, source)
+        return destination
+
+
+def _route(
+    envelope: Envelope,
+    body: bytes,
+    source: Source,
+    destination_of: Callable[[str, str], Destination],
+    received_at: datetime,
+) -> RoutedEvent:
     disallow_reason = source.disallow_reason(envelope)
     if disallow_reason is not None:
         return RoutedEvent(records=(), drop_reason=disallow_reason)
 
-    destination = routing.destination(envelope.event, source.name)
+    destination = destination_of(envelope.event, source.name)
     if not destination.topics:
         return RoutedEvent(records=(), drop_reason=DROPPED_BY_ROUTE)
 
@@ -151,10 +192,15 @@ def _attributes(envelope: Envelope, source: Source) -> tuple[tuple[str, str], ..
 
 
 def _binary_headers(envelope: Envelope, source: Source) -> tuple[tuple[str, bytes], ...]:
-    attribute_headers = tuple(
-        (f"ce_{name}", value.encode()) for name, value in _attributes(envelope, source)
+    """Return the ``_attributes`` as ``ce_*`` headers, and the content type."""
+    return (
+        ("ce_specversion", b"1.0"),
+        ("ce_id", envelope.id.encode()),
+        ("ce_source", f"/tasknation/{source.name}".encode()),
+        ("ce_type", envelope.event.encode()),
+        ("ce_time", envelope.timestamp.isoformat().encode()),
+        ("content-type", BINARY_CONTENT_TYPE),
     )
-    return (*attribute_headers, ("content-type", BINARY_CONTENT_TYPE))
 
 
 def _structured_value(envelope: Envelope, body: bytes, source: Source) -> bytes:

@@ -9,9 +9,10 @@ import orjson
 import pytest
 import yaml
 
+from relay import routing as routing_module
 from relay.config import TASKNATION_EVENT_TYPES, RelayConfig, event_matches, parse_config
 from relay.envelope import Envelope, parse_envelope
-from relay.routing import DROPPED_BY_ROUTE, header_names, route_event
+from relay.routing import DROPPED_BY_ROUTE, Router, header_names, route_event
 from relay.sources import NOT_ALLOWED_BUSINESS_ID, NOT_ALLOWED_EVENT_TYPE, Source, SourceTable
 
 RECEIVED_AT = datetime(2026, 2, 15, 10, 30, 5, tzinfo=UTC)
@@ -327,3 +328,37 @@ def test_trailing_newline_never_safe_topic() -> None:
     assert not is_safe_event_name("lead.created\n")
     assert not is_valid_topic_name("tasknation.lead.created\n")
     assert is_valid_topic_name("tasknation.lead.created")
+
+
+def test_router_matches_route_event() -> None:
+    config = make_routing_config(
+        {
+            "routes": [
+                {"events": "lead.*", "topics": ["leads", "audit.{source}"]},
+                {"events": "review.created", "drop": True},
+                {"events": "payment.*", "topics": ["payments"], "content_mode": "structured"},
+            ]
+        }
+    )
+    router = Router(config.routing)
+    source = next(iter(SourceTable(config.sources)))
+    events = ["lead.created", "review.created", "payment.received", "job.started", "a/b"] * 2
+
+    for event in events:
+        body = make_body(event, leadID="L1")
+        envelope = parse_envelope(body)
+        expected = route_event(envelope, body, source, config.routing, RECEIVED_AT)
+        assert router.route(envelope, body, source, RECEIVED_AT) == expected, event
+
+
+def test_router_cache_starts_over_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(routing_module, "MAX_CACHED_DESTINATIONS", 3)
+    config = make_routing_config({"routes": [{"events": "*", "topics": ["all.{event}"]}]})
+    router = Router(config.routing)
+    source = next(iter(SourceTable(config.sources)))
+
+    for index in range(10):
+        body = make_body(f"custom.type{index}")
+        routed = router.route(parse_envelope(body), body, source, RECEIVED_AT)
+        assert [record.topic for record in routed.records] == [f"all.custom.type{index}"]
+        assert len(router._destinations) <= 3
