@@ -64,7 +64,7 @@ def verify_signature(body: bytes, header_value: str | None, secrets: Sequence[by
     depend on which pair matched.
     """
     digests = parse_signature_header(header_value)
-    expected = [hmac.new(secret, body, hashlib.sha256).digest() for secret in secrets]
+    expected = [hmac.digest(secret, body, "sha256") for secret in secrets]
 
     matched = False
     for digest in digests:
