@@ -35,7 +35,8 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.content.iter_any():
+        # readany() in a loop, as iter_any() does, without an async iterator per request.
+        while chunk := await request.content.readany():
             size += len(chunk)
             if size > max_bytes:
                 raise BodyTooLarge(f"the body exceeds the limit of {max_bytes} bytes")
