@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -81,6 +82,7 @@ def create_app(config: RelayConfig, clock: Clock = utc_now) -> web.Application:
 
     sources = SourceTable(config.sources)
     handler = WebhookHandler(config, sources, delivery, dedup, clock, metrics)
+    metrics.watch_requests(lambda: handler.in_flight)
     expect_handler = _expect_within_limit(config.server.max_body_bytes)
     for source in sources:
         app.router.add_post(
@@ -178,6 +180,7 @@ async def serve(config: RelayConfig, clock: Clock = utc_now, *, reuse_port: bool
     admin_runner = None
     try:
         await runner.setup()
+        _freeze_startup_objects()
         try:
             site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
             await site.start()
@@ -193,6 +196,17 @@ async def serve(config: RelayConfig, clock: Clock = utc_now, *, reuse_port: bool
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
     log.info("relay stopped")
+
+
+def _freeze_startup_objects() -> None:
+    """Exclude the objects made at start-up from later garbage collections.
+
+    Modules, the configuration and the producer live until the process
+    exits. Frozen, they are no longer scanned by each full collection, which
+    took about 25 ms with them and stalled every request in flight.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def _start_admin(

@@ -78,6 +78,10 @@ class RelayMetrics:
             registry=self.registry,
         )
 
+    def watch_requests(self, in_flight: Callable[[], float]) -> None:
+        """Read the number of webhook requests being handled at each scrape."""
+        self.in_flight.set_function(in_flight)
+
     def watch_spool(self, depth: Callable[[], float], oldest_age_s: Callable[[], float]) -> None:
         """Read the spool's depth and oldest age at each scrape."""
         self.spool_depth.set_function(depth)

@@ -39,6 +39,35 @@ def rejected(reason: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return ("relay_rejections_total", (("reason", reason), ("source", "tasknation")))
 
 
+async def wait_for_in_flight(client: Any, expected: float) -> None:
+    """Scrape /metrics until ``relay_requests_in_flight`` is ``expected``, for at most 30 s."""
+    for _ in range(600):
+        response = await client.get("/metrics")
+        samples = parse_samples(await response.text())
+        if samples[("relay_requests_in_flight", ())] == expected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"relay_requests_in_flight never reached {expected}")
+
+
+async def test_in_flight_gauge_counts_waiting_request(
+    kafka_bootstrap, topic_prefix, relay_client_factory
+):
+    client = await relay_client_factory(make_config(kafka_bootstrap, topic_prefix))
+    body = event_body("lead.created", leadID="L1")
+    _, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    head = f"POST {PATH} HTTP/1.1\r\nHost: relay\r\nContent-Length: {len(body)}\r\n\r\n"
+    # Half of the body: the handler waits for the rest.
+    writer.write(head.encode() + body[: len(body) // 2])
+    await writer.drain()
+    try:
+        await wait_for_in_flight(client, 1)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    await wait_for_in_flight(client, 0)
+
+
 async def test_metrics_count_known_sequence(kafka_bootstrap, topic_prefix, relay_client_factory):
     client = await relay_client_factory(make_config(kafka_bootstrap, topic_prefix))
     lead = event_body("lead.created", leadID="L1")
