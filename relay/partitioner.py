@@ -1,11 +1,12 @@
 """The producer's partitioner: Kafka's murmur2 key hash, computed a word at a time.
 
-A record with a key goes to the partition that Kafka's Java client would pick
-for the same key and partition count (``Utils.toPositive(Utils.murmur2(key))
-% partitions``), so consumers that rely on key placement see no difference
-between the relay and other producers. aiokafka's own ``murmur2`` gives the
-same hash but reads the key byte by byte in Python; this one reads 4-byte
-words with ``struct`` and takes about half the time per record.
+A record with a key goes to the partition that Kafka's Java client picks for
+the same key and partition count (``Utils.toPositive(Utils.murmur2(key)) %
+partitions``). So consumers that rely on key placement see no difference
+between the relay and other producers. aiokafka's own ``murmur2`` returns the
+same hash but reads the key byte by byte in Python. This one reads 4-byte
+words with ``struct``, which halves the hash time for a 22-byte key
+(``bench/micro/test_partitioner.py``).
 """
 
 from __future__ import annotations
