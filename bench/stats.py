@@ -56,6 +56,8 @@ class RunStats:
     peak_rss_mb: float
     loadgen_cpu_ms_per_1k: float | None
     machine_busy_percent: float
+    # "uvloop" or "asyncio": the event loop of the server or producer under test.
+    event_loop: str
     statuses: dict[str, int] = field(default_factory=dict)
     # One entry per second of the run, by request start: it shows whether a high
     # p99 comes from one stall or from every second.
@@ -79,6 +81,7 @@ def summarize(
     samples: Sequence[Sample],
     resources: Resources,
     *,
+    event_loop: str,
     rate_per_s: int | None = None,
     concurrency: int | None = None,
 ) -> RunStats:
@@ -117,6 +120,7 @@ def summarize(
         peak_rss_mb=round(resources.peak_rss_bytes / 2**20, 1),
         loadgen_cpu_ms_per_1k=per_1k(resources.loadgen_cpu_s),
         machine_busy_percent=round(resources.machine_busy_percent, 1),
+        event_loop=event_loop,
         statuses=dict(sorted(statuses.items())),
         timeline=per_second(samples),
     )

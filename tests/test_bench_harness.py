@@ -6,6 +6,7 @@ Nothing here is timed. The full harness run at the end needs vegeta
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -16,13 +17,15 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from bench import report
+from bench import producer_ceiling, report
 from bench.loadgen import LoadGeneratorError, find_vegeta, parse_results
 from bench.payloads import EVENT_TYPES, MAX_BODY_BYTES, MIN_BODY_BYTES, iter_deliveries
 from bench.profile import summarize_profile
+from bench.run import Workspace, parse_args, producer_command
 from bench.stats import FIXED_RATE, SATURATION, Resources, Sample, percentile, summarize
 from bench.verify import sent_delivery, verify
 from relay.envelope import parse_envelope
+from relay.event_loop import event_loop_factory
 from relay.routing import record_key
 from relay.signature import verify_signature
 
@@ -85,7 +88,9 @@ def _run(target: str, mode: str, throughput: int, rss_mb: int, latency_ms: int =
     samples.append(Sample(started_ns=0, latency_ns=latency_ms * 10**6, status=503))
     resources = Resources(cpu_s=0.5, peak_rss_bytes=rss_mb * 2**20, machine_busy_percent=50.0)
     rate = None if mode == SATURATION else throughput
-    return summarize(target, mode, samples, resources, rate_per_s=rate, concurrency=8)
+    return summarize(
+        target, mode, samples, resources, event_loop="uvloop", rate_per_s=rate, concurrency=8
+    )
 
 
 def test_report_has_every_field():
@@ -102,6 +107,7 @@ def test_report_has_every_field():
     for field in ("throughput_per_s", "p50_ms", "p99_ms", "p999_ms", "cpu_ms_per_1k",
                   "peak_rss_mb", "machine_busy_percent", "statuses"):  # fmt: skip
         assert relay[field] is not None, field
+    assert relay["event_loop"] == "uvloop"
     assert relay["ok"] == 800
     assert relay["failed"] == 1
     assert relay["statuses"] == {"200": 800, "503": 1}
@@ -122,6 +128,46 @@ def test_report_has_every_field():
     assert table.count("\n| ") == 6
     assert "p99.9 ms" in table
     assert "(MISSED)" in table
+
+
+def _workspace(tmp_path: Path, argv: list[str]) -> Workspace:
+    workspace = Workspace(tmp_path, "t1", "127.0.0.1:9092", parse_args(argv), "uvloop", port=8080)
+    workspace.targets["saturation"] = tmp_path / "saturation.jsonl"
+    return workspace
+
+
+@pytest.mark.parametrize(("argv", "loop"), [([], "auto"), (["--loop", "asyncio"], "asyncio")])
+def test_producer_command_passes_loop(tmp_path, argv, loop):
+    workspace = _workspace(tmp_path, argv)
+
+    command = producer_command(workspace, 500, tmp_path / "producer.json")
+
+    assert command[0] == "bench.producer_ceiling"
+    args = producer_ceiling.parse_args(command[1:])
+    assert args.loop == loop
+    assert args.rate == 500
+    assert args.targets == tmp_path / "saturation.jsonl"
+
+
+def test_producer_ceiling_rejects_unknown_loop(capsys):
+    argv = ["--config", "c.yaml", "--targets", "t.jsonl", "--topic-prefix", "p.",
+            "--duration", "1", "--output", "o.json", "--loop", "trio"]  # fmt: skip
+
+    with pytest.raises(SystemExit):
+        producer_ceiling.parse_args(argv)
+
+    assert "invalid choice: 'trio'" in capsys.readouterr().err
+
+
+async def _running_loop_name() -> str:
+    return producer_ceiling.running_loop_name()
+
+
+@pytest.mark.parametrize("choice", ["asyncio", "uvloop"])
+def test_loop_name_follows_choice(choice):
+    with asyncio.Runner(loop_factory=event_loop_factory(choice)) as runner:
+        assert runner.run(_running_loop_name()) == choice
+    assert report.event_loop_name(choice) == choice
 
 
 def test_profile_summary_counts_frames():
@@ -225,4 +271,8 @@ def test_harness_short_run_reports_all(kafka_bootstrap, tmp_path):
     for key in ("date", "machine", "versions", "settings", "ratios", "targets", "table"):
         assert document[key], key
     assert all(run["ok"] > 0 for run in document["runs"])
+    # With the default --loop auto, the servers and the producer run on the same loop.
+    loop = report.event_loop_name("auto")
+    assert [run["event_loop"] for run in document["runs"]] == [loop] * 6
+    assert document["versions"]["uvloop"] is not None
     assert "all " in completed.stdout
