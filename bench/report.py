@@ -38,6 +38,7 @@ _COLUMNS = (
     ("peak RSS MB", "peak_rss_mb"),
     ("loadgen CPU ms/1k", "loadgen_cpu_ms_per_1k"),
     ("machine busy %", "machine_busy_percent"),
+    ("steal %", "machine_steal_percent"),
 )
 
 

@@ -333,8 +333,13 @@ def measure(
     machine_after = MachineCpu.read()
     # With several workers, the peak of the largest process: the target is per process.
     peak_rss = max(peak_rss_bytes(pid) for pid in pids)
-    busy = machine_after.busy_percent_since(machine_before)
-    resources = Resources(cpu_s, peak_rss, busy, loadgen_cpu_s)
+    resources = Resources(
+        cpu_s,
+        peak_rss,
+        machine_after.busy_percent_since(machine_before),
+        machine_after.steal_percent_since(machine_before),
+        loadgen_cpu_s,
+    )
 
     results = vegeta.decode(results_file)
     samples = [Sample(r.started_ns, r.latency_ns, r.status) for r in results]
@@ -434,8 +439,12 @@ def bench_producer(workspace: Workspace) -> list[RunStats]:
 
         result = orjson.loads(output.read_bytes())
         samples = [Sample(*sample) for sample in result["samples"]]
-        busy = machine_after.busy_percent_since(machine_before)
-        resources = Resources(result["cpu_s"], result["peak_rss_bytes"], busy)
+        resources = Resources(
+            result["cpu_s"],
+            result["peak_rss_bytes"],
+            machine_after.busy_percent_since(machine_before),
+            machine_after.steal_percent_since(machine_before),
+        )
         stats = summarize(
             report.PRODUCER,
             mode,

@@ -1,4 +1,4 @@
-"""The benchmark harness in bench/: its deliveries, report and record verification.
+"""The benchmark harness in bench/: its deliveries, report, machine counters and verification.
 
 Nothing here is timed. The full harness run at the end needs vegeta
 (``bench/setup``) and is skipped where it is not installed.
@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from bench import producer_ceiling, report
 from bench.loadgen import LoadGeneratorError, find_vegeta, parse_results
 from bench.payloads import EVENT_TYPES, MAX_BODY_BYTES, MIN_BODY_BYTES, iter_deliveries
+from bench.processes import MachineCpu
 from bench.profile import summarize_profile
 from bench.run import Workspace, parse_args, producer_command
 from bench.stats import FIXED_RATE, SATURATION, Resources, Sample, percentile, summarize
@@ -80,13 +81,50 @@ def test_percentile_nearest_rank():
         percentile([], 0.5)
 
 
+def test_machine_cpu_parses_stat_line():
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    cpu = MachineCpu.parse("cpu  875322 7 136226 890708 6124 3 13325 7509 500 2\n")
+
+    assert cpu.steal == 7509
+    assert cpu.busy == 875322 + 7 + 136226 + 3 + 13325
+    assert cpu.total == cpu.busy + 890708 + 6124 + cpu.steal
+
+
+def test_machine_cpu_shares_since_reading():
+    earlier = MachineCpu.parse("cpu  1000 0 500 4000 100 0 50 20 0 0")
+    # 40 user, 10 system, 120 idle, 20 iowait and 10 steal ticks later: 200 in all.
+    later = MachineCpu.parse("cpu  1040 0 510 4120 120 0 50 30 0 0")
+
+    assert later.busy_percent_since(earlier) == 25.0
+    assert later.steal_percent_since(earlier) == 5.0
+    assert earlier.busy_percent_since(earlier) == 0.0
+    assert earlier.steal_percent_since(earlier) == 0.0
+
+
+def test_machine_cpu_rejects_short_line():
+    with pytest.raises(ValueError, match="expected at least 8 values"):
+        MachineCpu.parse("cpu  1000 0 500 4000 100 0 50")
+
+
+def test_machine_cpu_reads_proc_stat():
+    cpu = MachineCpu.read()
+
+    assert 0 < cpu.busy < cpu.total
+    assert 0 <= cpu.steal < cpu.total
+
+
 def _run(target: str, mode: str, throughput: int, rss_mb: int, latency_ms: int = 5):
     samples = [
         Sample(started_ns=index * 10**9 // throughput, latency_ns=latency_ms * 10**6, status=200)
         for index in range(throughput)
     ]
     samples.append(Sample(started_ns=0, latency_ns=latency_ms * 10**6, status=503))
-    resources = Resources(cpu_s=0.5, peak_rss_bytes=rss_mb * 2**20, machine_busy_percent=50.0)
+    resources = Resources(
+        cpu_s=0.5,
+        peak_rss_bytes=rss_mb * 2**20,
+        machine_busy_percent=50.0,
+        machine_steal_percent=1.254,
+    )
     rate = None if mode == SATURATION else throughput
     return summarize(
         target, mode, samples, resources, event_loop="uvloop", rate_per_s=rate, concurrency=8
@@ -107,6 +145,7 @@ def test_report_has_every_field():
     for field in ("throughput_per_s", "p50_ms", "p99_ms", "p999_ms", "cpu_ms_per_1k",
                   "peak_rss_mb", "machine_busy_percent", "statuses"):  # fmt: skip
         assert relay[field] is not None, field
+    assert relay["machine_steal_percent"] == 1.25
     assert relay["event_loop"] == "uvloop"
     assert relay["ok"] == 800
     assert relay["failed"] == 1
@@ -128,6 +167,9 @@ def test_report_has_every_field():
     assert table.count("\n| ") == 6
     assert "p99.9 ms" in table
     assert "(MISSED)" in table
+    header, _, first_row = table.splitlines()[:3]
+    assert "| machine busy % | steal % |" in header
+    assert first_row.endswith("| 50 | 1.25 |")
 
 
 def _workspace(tmp_path: Path, argv: list[str]) -> Workspace:
@@ -275,4 +317,7 @@ def test_harness_short_run_reports_all(kafka_bootstrap, tmp_path):
     loop = report.event_loop_name("auto")
     assert [run["event_loop"] for run in document["runs"]] == [loop] * 6
     assert document["versions"]["uvloop"] is not None
+    for run in document["runs"]:
+        assert 0 <= run["machine_steal_percent"] <= 100
+    assert "| steal % |" in document["table"]
     assert "all " in completed.stdout
