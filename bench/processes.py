@@ -44,23 +44,49 @@ def peak_rss_bytes(pid: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class MachineCpu:
-    """The machine's CPU time counters from /proc/stat, in clock ticks."""
+    """The machine's CPU time counters, summed over all cores, in clock ticks.
+
+    ``busy`` is the time the cores ran processes or the kernel, ``steal`` the
+    time the hypervisor kept this virtual machine's cores waiting while they
+    had work to run, and ``total`` is both plus the idle time.
+    """
 
     busy: int
+    steal: int
     total: int
+
+    @classmethod
+    def parse(cls, line: str) -> MachineCpu:
+        """Parse the ``cpu`` line of /proc/stat, as documented in proc(5)."""
+        # user, nice, system, idle, iowait, irq, softirq, steal, then guest and
+        # guest_nice, which are already counted in user and nice.
+        fields = [int(value) for value in line.split()[1:]]
+        if len(fields) < 8:
+            raise ValueError(
+                f"invalid /proc/stat cpu line {line.strip()!r}: expected at least 8 values "
+                "(user to steal)"
+            )
+        idle = fields[3] + fields[4]  # idle and iowait
+        steal = fields[7]
+        total = sum(fields[:8])
+        return cls(busy=total - idle - steal, steal=steal, total=total)
 
     @classmethod
     def read(cls) -> MachineCpu:
         with open("/proc/stat") as stat:
-            fields = [int(value) for value in stat.readline().split()[1:]]
-        idle = fields[3] + fields[4]  # idle and iowait
-        total = sum(fields[:8])  # guest time is already counted in user time
-        return cls(busy=total - idle, total=total)
+            return cls.parse(stat.readline())
 
     def busy_percent_since(self, earlier: MachineCpu) -> float:
         """Return the share of all cores that was busy between ``earlier`` and this reading."""
+        return self._percent_of_total(self.busy - earlier.busy, earlier)
+
+    def steal_percent_since(self, earlier: MachineCpu) -> float:
+        """Return the share of all cores stolen by the hypervisor since ``earlier``."""
+        return self._percent_of_total(self.steal - earlier.steal, earlier)
+
+    def _percent_of_total(self, ticks: int, earlier: MachineCpu) -> float:
         total = self.total - earlier.total
-        return 100.0 * (self.busy - earlier.busy) / total if total else 0.0
+        return 100.0 * ticks / total if total else 0.0
 
 
 class ServerProcess:

@@ -7,7 +7,9 @@ settings. At saturation, ``concurrency`` tasks each send and wait for the
 acknowledgement in a loop. At a fixed rate, sends start on schedule in an open
 loop.
 
-It runs as its own process so that its CPU time and peak RSS are its own:
+It runs as its own process so that its CPU time and peak RSS are its own,
+on the event loop that ``--loop`` names, with the choices and default of
+``relay serve --loop``:
 ``python -m bench.producer_ceiling --config relay.yaml --targets FILE ...``
 writes one JSON document with every send's start, latency and outcome.
 """
@@ -31,6 +33,7 @@ from aiokafka.errors import KafkaError
 from relay.config import KafkaConfig, RelayConfig, load_config
 from relay.delivery import producer_settings
 from relay.envelope import parse_envelope
+from relay.event_loop import LOOP_CHOICES, event_loop_factory
 from relay.kafka_security import kafka_client_kwargs
 from relay.routing import Record, route_event
 from relay.sources import SourceTable
@@ -128,7 +131,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu_s = time.process_time() - cpu_before
     finally:
         await producer.stop()
-    return {"cpu_s": cpu_s, "peak_rss_bytes": _own_peak_rss_bytes(), "samples": recorder.samples}
+    return {
+        "cpu_s": cpu_s,
+        "peak_rss_bytes": _own_peak_rss_bytes(),
+        "event_loop": running_loop_name(),
+        "samples": recorder.samples,
+    }
+
+
+def running_loop_name() -> str:
+    """Return the package of the running event loop's class: "uvloop" or "asyncio"."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
 
 
 def _own_peak_rss_bytes() -> int:
@@ -138,7 +151,7 @@ def _own_peak_rss_bytes() -> int:
     raise RuntimeError("/proc/self/status has no VmHWM line")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="relay YAML configuration")
     parser.add_argument("--targets", type=Path, required=True, help="vegeta JSON target file")
@@ -146,9 +159,21 @@ def main() -> None:
     parser.add_argument("--duration", type=float, required=True, help="run time in seconds")
     parser.add_argument("--rate", type=int, default=0, help="sends per second; 0 saturates")
     parser.add_argument("--concurrency", type=int, default=64, help="send loops at saturation")
+    parser.add_argument(
+        "--loop",
+        choices=LOOP_CHOICES,
+        default="auto",
+        help="event loop, as relay serve --loop (default: auto)",
+    )
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
-    args = parser.parse_args()
-    args.output.write_bytes(orjson.dumps(asyncio.run(run(args))))
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    with asyncio.Runner(loop_factory=event_loop_factory(args.loop)) as runner:
+        result = runner.run(run(args))
+    args.output.write_bytes(orjson.dumps(result))
 
 
 if __name__ == "__main__":

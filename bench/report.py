@@ -12,6 +12,7 @@ from typing import Any
 
 from bench.loadgen import VEGETA_VERSION
 from bench.stats import FIXED_RATE, SATURATION, RunStats
+from relay.event_loop import event_loop_factory
 from tests.kafka_broker import KAFKA_VERSION
 
 RELAY = "relay"
@@ -37,6 +38,7 @@ _COLUMNS = (
     ("peak RSS MB", "peak_rss_mb"),
     ("loadgen CPU ms/1k", "loadgen_cpu_ms_per_1k"),
     ("machine busy %", "machine_busy_percent"),
+    ("steal %", "machine_steal_percent"),
 )
 
 
@@ -61,7 +63,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def versions() -> dict[str, Any]:
-    """Return the versions of Python, the libraries, Kafka, Java and the load generator."""
+    """Return the versions of Python, the libraries, Kafka, Java and the load generator.
+
+    ``uvloop`` is None where it is not installed.
+    """
     from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
     found: dict[str, Any] = {"python": platform.python_version()}
@@ -70,10 +75,24 @@ def versions() -> dict[str, Any]:
     found["aiokafka_c_extension"] = DefaultRecordBatchBuilder.__module__.startswith(
         "aiokafka.record._crecords"
     )
+    try:
+        found["uvloop"] = metadata.version("uvloop")
+    except metadata.PackageNotFoundError:
+        found["uvloop"] = None
     found["kafka"] = KAFKA_VERSION
     found["java"] = _java_version()
     found["vegeta"] = VEGETA_VERSION
     return found
+
+
+def event_loop_name(choice: str) -> str:
+    """Return the event loop that ``--loop choice`` selects here: "uvloop" or "asyncio".
+
+    The servers run in this Python environment and resolve the choice with
+    the same function, relay/event_loop.py ``event_loop_factory``. Raises
+    ``ImportError`` for the choice ``uvloop`` where uvloop is not installed.
+    """
+    return "asyncio" if event_loop_factory(choice) is None else "uvloop"
 
 
 def ratios(runs: Sequence[RunStats]) -> dict[str, float | None]:

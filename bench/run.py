@@ -6,8 +6,8 @@ from the tests' fixture code, creates the topics, then measures in turn:
 1. ``relay serve`` as a process, driven by vegeta at saturation and then at
    a fixed rate (by default half the relay's saturation throughput);
 2. the aiohttp no-op server with the same requests at the same rates;
-3. the raw aiokafka producer with the relay's settings, at saturation with
-   the same concurrency and at the same fixed rate.
+3. the raw aiokafka producer with the relay's settings and event loop, at
+   saturation with the same concurrency and at the same fixed rate.
 
 It then reads the relay's topics and checks that every delivery that got a
 2xx response is there, prints a Markdown table and writes the results as JSON. The
@@ -95,6 +95,8 @@ class Workspace:
     run_id: str
     bootstrap: str
     settings: Settings
+    # The event loop that settings.loop selects for the servers: "uvloop" or "asyncio".
+    event_loop: str
     port: int = field(default_factory=free_port)
     fixed_rate_per_s: int = 0
     next_index: int = 0
@@ -173,7 +175,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--loop",
         choices=("auto", "uvloop", "asyncio"),
         default="auto",
-        help="event loop of the relay and the no-op server (relay serve --loop; default: auto)",
+        help="event loop of the relay, the no-op server and the producer ceiling (relay serve "
+        "--loop; default: auto)",
     )
     add(
         "--saturation-requests",
@@ -295,6 +298,16 @@ def relay_command(config: Path, settings: Settings) -> list[str]:
             "--loop", settings.loop]  # fmt: skip
 
 
+def producer_command(workspace: Workspace, rate: int, output: Path) -> list[str]:
+    """Return the module arguments of the producer ceiling at ``rate`` sends/s, 0 for saturation."""
+    settings = workspace.settings
+    return ["bench.producer_ceiling", "--config", str(workspace.root / "relay.yaml"),
+            "--targets", str(workspace.targets["saturation"]),
+            "--topic-prefix", CEILING_TOPIC_PREFIX, "--duration", str(settings.duration_s),
+            "--rate", str(rate), "--concurrency", str(settings.concurrency),
+            "--loop", settings.loop, "--output", str(output)]  # fmt: skip
+
+
 def server_process(name: str, module_args: list[str], workspace: Workspace) -> ServerProcess:
     command, env = python_module_command(module_args)
     return ServerProcess(
@@ -308,19 +321,25 @@ def server_process(name: str, module_args: list[str], workspace: Workspace) -> S
 
 
 def measure(
-    vegeta: Vegeta, server: ServerProcess, attack: Attack, target: str, root: Path
+    vegeta: Vegeta, server: ServerProcess, attack: Attack, target: str, workspace: Workspace
 ) -> tuple[RunStats, list[RequestResult]]:
     """Run one attack against ``server`` and summarize it with the server's CPU and memory."""
     time.sleep(SETTLE_S)
     machine_before = MachineCpu.read()
     pids = process_tree(server.pid)
     cpu_before = sum(process_cpu_s(pid) for pid in pids)
-    results_file, loadgen_cpu_s = vegeta.attack(attack, root)
+    results_file, loadgen_cpu_s = vegeta.attack(attack, workspace.root)
     cpu_s = sum(process_cpu_s(pid) for pid in pids) - cpu_before
-    busy = MachineCpu.read().busy_percent_since(machine_before)
+    machine_after = MachineCpu.read()
     # With several workers, the peak of the largest process: the target is per process.
     peak_rss = max(peak_rss_bytes(pid) for pid in pids)
-    resources = Resources(cpu_s, peak_rss, busy, loadgen_cpu_s)
+    resources = Resources(
+        cpu_s,
+        peak_rss,
+        machine_after.busy_percent_since(machine_before),
+        machine_after.steal_percent_since(machine_before),
+        loadgen_cpu_s,
+    )
 
     results = vegeta.decode(results_file)
     samples = [Sample(r.started_ns, r.latency_ns, r.status) for r in results]
@@ -330,6 +349,7 @@ def measure(
         mode,
         samples,
         resources,
+        event_loop=workspace.event_loop,
         rate_per_s=attack.rate_per_s or None,
         concurrency=attack.workers if mode == SATURATION else None,
     )
@@ -355,7 +375,7 @@ def bench_relay(workspace: Workspace, vegeta: Vegeta) -> list[RunStats]:
         workspace.relay_responses += bodies_of_2xx(vegeta.run(warmup, workspace.root))
 
         attack = workspace.saturation("saturation")
-        stats, results = measure(vegeta, relay, attack, report.RELAY, workspace.root)
+        stats, results = measure(vegeta, relay, attack, report.RELAY, workspace)
         runs.append(stats)
         workspace.relay_responses += bodies_of_2xx(results)
 
@@ -363,7 +383,7 @@ def bench_relay(workspace: Workspace, vegeta: Vegeta) -> list[RunStats]:
         workspace.fixed_rate_per_s = rate
         workspace.make_targets("fixed", int(rate * settings.duration_s))
         attack = Attack(workspace.targets["fixed"], settings.duration_s, rate)
-        stats, results = measure(vegeta, relay, attack, report.RELAY, workspace.root)
+        stats, results = measure(vegeta, relay, attack, report.RELAY, workspace)
         runs.append(stats)
         workspace.relay_responses += bodies_of_2xx(results)
     return runs
@@ -399,9 +419,9 @@ def bench_noop(workspace: Workspace, vegeta: Vegeta) -> list[RunStats]:
     with server_process("noop", args, workspace) as noop:
         vegeta.run(workspace.saturation("warmup", duration_s=120), workspace.root)
         attack = workspace.saturation("saturation")
-        runs.append(measure(vegeta, noop, attack, report.NOOP, workspace.root)[0])
+        runs.append(measure(vegeta, noop, attack, report.NOOP, workspace)[0])
         attack = Attack(workspace.targets["fixed"], settings.duration_s, workspace.fixed_rate_per_s)
-        runs.append(measure(vegeta, noop, attack, report.NOOP, workspace.root)[0])
+        runs.append(measure(vegeta, noop, attack, report.NOOP, workspace)[0])
     return runs
 
 
@@ -411,26 +431,26 @@ def bench_producer(workspace: Workspace) -> list[RunStats]:
     runs = []
     for mode, rate in ((SATURATION, 0), (FIXED_RATE, workspace.fixed_rate_per_s)):
         output = workspace.root / f"producer-{rate or 'max'}.json"
-        command, env = python_module_command(
-            ["bench.producer_ceiling", "--config", str(workspace.root / "relay.yaml"),
-             "--targets", str(workspace.targets["saturation"]),
-             "--topic-prefix", CEILING_TOPIC_PREFIX, "--duration", str(settings.duration_s),
-             "--rate", str(rate), "--concurrency", str(settings.concurrency),
-             "--output", str(output)]
-        )  # fmt: skip
+        command, env = python_module_command(producer_command(workspace, rate, output))
         time.sleep(SETTLE_S)
         machine_before = MachineCpu.read()
         subprocess.run(command, env=env, cwd=REPO, check=True)
-        busy = MachineCpu.read().busy_percent_since(machine_before)
+        machine_after = MachineCpu.read()
 
         result = orjson.loads(output.read_bytes())
         samples = [Sample(*sample) for sample in result["samples"]]
-        resources = Resources(result["cpu_s"], result["peak_rss_bytes"], busy)
+        resources = Resources(
+            result["cpu_s"],
+            result["peak_rss_bytes"],
+            machine_after.busy_percent_since(machine_before),
+            machine_after.steal_percent_since(machine_before),
+        )
         stats = summarize(
             report.PRODUCER,
             mode,
             samples,
             resources,
+            event_loop=result["event_loop"],
             rate_per_s=rate or None,
             concurrency=settings.concurrency if mode == SATURATION else None,
         )
@@ -441,7 +461,7 @@ def bench_producer(workspace: Workspace) -> list[RunStats]:
 
 
 def run_benchmark(
-    settings: Settings, vegeta: Vegeta, root: Path
+    settings: Settings, vegeta: Vegeta, event_loop: str, root: Path
 ) -> tuple[dict[str, Any], Verification]:
     """Run every measurement and the verification; return the results document."""
     machine = report.machine_info()
@@ -451,7 +471,7 @@ def run_benchmark(
         ceiling_topics = [CEILING_TOPIC_PREFIX + event for event in EVENT_TYPES]
         asyncio.run(create_topics(bootstrap, relay_topics + ceiling_topics, settings.partitions))
 
-        workspace = Workspace(root, secrets.token_hex(4), bootstrap, settings)
+        workspace = Workspace(root, secrets.token_hex(4), bootstrap, settings, event_loop)
         runs = bench_relay(workspace, vegeta)
         runs += bench_noop(workspace, vegeta)
         runs += bench_producer(workspace)
@@ -493,11 +513,17 @@ def main(argv: list[str] | None = None) -> int:
     except LoadGeneratorError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+    try:
+        event_loop = report.event_loop_name(settings.loop)
+    except ImportError as exc:
+        print(f"bench: --loop {settings.loop} failed: {exc}. Install uvloop or use --loop auto.",
+              file=sys.stderr)  # fmt: skip
+        return 2
 
     root = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     settings.output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        document, verification = run_benchmark(settings, vegeta, root)
+        document, verification = run_benchmark(settings, vegeta, event_loop, root)
     except (RuntimeError, OSError, subprocess.CalledProcessError, KafkaError) as exc:
         # The logs of the broker and the servers stay in the work folder for diagnosis.
         log.error("the benchmark failed: %s; logs are in %s", exc, root)

@@ -27,11 +27,12 @@ class Sample:
 
 @dataclass(frozen=True, slots=True)
 class Resources:
-    """CPU and memory spent by the process under test during one run."""
+    """CPU and memory spent by the process under test during one run, and the machine's load."""
 
     cpu_s: float
     peak_rss_bytes: int
     machine_busy_percent: float
+    machine_steal_percent: float
     loadgen_cpu_s: float | None = None
 
 
@@ -56,6 +57,9 @@ class RunStats:
     peak_rss_mb: float
     loadgen_cpu_ms_per_1k: float | None
     machine_busy_percent: float
+    machine_steal_percent: float
+    # "uvloop" or "asyncio": the event loop of the server or producer under test.
+    event_loop: str
     statuses: dict[str, int] = field(default_factory=dict)
     # One entry per second of the run, by request start: it shows whether a high
     # p99 comes from one stall or from every second.
@@ -79,6 +83,7 @@ def summarize(
     samples: Sequence[Sample],
     resources: Resources,
     *,
+    event_loop: str,
     rate_per_s: int | None = None,
     concurrency: int | None = None,
 ) -> RunStats:
@@ -117,6 +122,8 @@ def summarize(
         peak_rss_mb=round(resources.peak_rss_bytes / 2**20, 1),
         loadgen_cpu_ms_per_1k=per_1k(resources.loadgen_cpu_s),
         machine_busy_percent=round(resources.machine_busy_percent, 1),
+        machine_steal_percent=round(resources.machine_steal_percent, 2),
+        event_loop=event_loop,
         statuses=dict(sorted(statuses.items())),
         timeline=per_second(samples),
     )

@@ -1,4 +1,4 @@
-"""The benchmark harness in bench/: its deliveries, report and record verification.
+"""The benchmark harness in bench/: its deliveries, report, machine counters and verification.
 
 Nothing here is timed. The full harness run at the end needs vegeta
 (``bench/setup``) and is skipped where it is not installed.
@@ -6,6 +6,7 @@ Nothing here is timed. The full harness run at the end needs vegeta
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -16,13 +17,16 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from bench import report
+from bench import producer_ceiling, report
 from bench.loadgen import LoadGeneratorError, find_vegeta, parse_results
 from bench.payloads import EVENT_TYPES, MAX_BODY_BYTES, MIN_BODY_BYTES, iter_deliveries
+from bench.processes import MachineCpu
 from bench.profile import summarize_profile
+from bench.run import Workspace, parse_args, producer_command
 from bench.stats import FIXED_RATE, SATURATION, Resources, Sample, percentile, summarize
 from bench.verify import sent_delivery, verify
 from relay.envelope import parse_envelope
+from relay.event_loop import event_loop_factory
 from relay.routing import record_key
 from relay.signature import verify_signature
 
@@ -77,15 +81,54 @@ def test_percentile_nearest_rank():
         percentile([], 0.5)
 
 
+def test_machine_cpu_parses_stat_line():
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    cpu = MachineCpu.parse("cpu  875322 7 136226 890708 6124 3 13325 7509 500 2\n")
+
+    assert cpu.steal == 7509
+    assert cpu.busy == 875322 + 7 + 136226 + 3 + 13325
+    assert cpu.total == cpu.busy + 890708 + 6124 + cpu.steal
+
+
+def test_machine_cpu_shares_since_reading():
+    earlier = MachineCpu.parse("cpu  1000 0 500 4000 100 0 50 20 0 0")
+    # 40 user, 10 system, 120 idle, 20 iowait and 10 steal ticks later: 200 in all.
+    later = MachineCpu.parse("cpu  1040 0 510 4120 120 0 50 30 0 0")
+
+    assert later.busy_percent_since(earlier) == 25.0
+    assert later.steal_percent_since(earlier) == 5.0
+    assert earlier.busy_percent_since(earlier) == 0.0
+    assert earlier.steal_percent_since(earlier) == 0.0
+
+
+def test_machine_cpu_rejects_short_line():
+    with pytest.raises(ValueError, match="expected at least 8 values"):
+        MachineCpu.parse("cpu  1000 0 500 4000 100 0 50")
+
+
+def test_machine_cpu_reads_proc_stat():
+    cpu = MachineCpu.read()
+
+    assert 0 < cpu.busy < cpu.total
+    assert 0 <= cpu.steal < cpu.total
+
+
 def _run(target: str, mode: str, throughput: int, rss_mb: int, latency_ms: int = 5):
     samples = [
         Sample(started_ns=index * 10**9 // throughput, latency_ns=latency_ms * 10**6, status=200)
         for index in range(throughput)
     ]
     samples.append(Sample(started_ns=0, latency_ns=latency_ms * 10**6, status=503))
-    resources = Resources(cpu_s=0.5, peak_rss_bytes=rss_mb * 2**20, machine_busy_percent=50.0)
+    resources = Resources(
+        cpu_s=0.5,
+        peak_rss_bytes=rss_mb * 2**20,
+        machine_busy_percent=50.0,
+        machine_steal_percent=1.254,
+    )
     rate = None if mode == SATURATION else throughput
-    return summarize(target, mode, samples, resources, rate_per_s=rate, concurrency=8)
+    return summarize(
+        target, mode, samples, resources, event_loop="uvloop", rate_per_s=rate, concurrency=8
+    )
 
 
 def test_report_has_every_field():
@@ -102,6 +145,8 @@ def test_report_has_every_field():
     for field in ("throughput_per_s", "p50_ms", "p99_ms", "p999_ms", "cpu_ms_per_1k",
                   "peak_rss_mb", "machine_busy_percent", "statuses"):  # fmt: skip
         assert relay[field] is not None, field
+    assert relay["machine_steal_percent"] == 1.25
+    assert relay["event_loop"] == "uvloop"
     assert relay["ok"] == 800
     assert relay["failed"] == 1
     assert relay["statuses"] == {"200": 800, "503": 1}
@@ -122,6 +167,49 @@ def test_report_has_every_field():
     assert table.count("\n| ") == 6
     assert "p99.9 ms" in table
     assert "(MISSED)" in table
+    header, _, first_row = table.splitlines()[:3]
+    assert "| machine busy % | steal % |" in header
+    assert first_row.endswith("| 50 | 1.25 |")
+
+
+def _workspace(tmp_path: Path, argv: list[str]) -> Workspace:
+    workspace = Workspace(tmp_path, "t1", "127.0.0.1:9092", parse_args(argv), "uvloop", port=8080)
+    workspace.targets["saturation"] = tmp_path / "saturation.jsonl"
+    return workspace
+
+
+@pytest.mark.parametrize(("argv", "loop"), [([], "auto"), (["--loop", "asyncio"], "asyncio")])
+def test_producer_command_passes_loop(tmp_path, argv, loop):
+    workspace = _workspace(tmp_path, argv)
+
+    command = producer_command(workspace, 500, tmp_path / "producer.json")
+
+    assert command[0] == "bench.producer_ceiling"
+    args = producer_ceiling.parse_args(command[1:])
+    assert args.loop == loop
+    assert args.rate == 500
+    assert args.targets == tmp_path / "saturation.jsonl"
+
+
+def test_producer_ceiling_rejects_unknown_loop(capsys):
+    argv = ["--config", "c.yaml", "--targets", "t.jsonl", "--topic-prefix", "p.",
+            "--duration", "1", "--output", "o.json", "--loop", "trio"]  # fmt: skip
+
+    with pytest.raises(SystemExit):
+        producer_ceiling.parse_args(argv)
+
+    assert "invalid choice: 'trio'" in capsys.readouterr().err
+
+
+async def _running_loop_name() -> str:
+    return producer_ceiling.running_loop_name()
+
+
+@pytest.mark.parametrize("choice", ["asyncio", "uvloop"])
+def test_loop_name_follows_choice(choice):
+    with asyncio.Runner(loop_factory=event_loop_factory(choice)) as runner:
+        assert runner.run(_running_loop_name()) == choice
+    assert report.event_loop_name(choice) == choice
 
 
 def test_profile_summary_counts_frames():
@@ -225,4 +313,11 @@ def test_harness_short_run_reports_all(kafka_bootstrap, tmp_path):
     for key in ("date", "machine", "versions", "settings", "ratios", "targets", "table"):
         assert document[key], key
     assert all(run["ok"] > 0 for run in document["runs"])
+    # With the default --loop auto, the servers and the producer run on the same loop.
+    loop = report.event_loop_name("auto")
+    assert [run["event_loop"] for run in document["runs"]] == [loop] * 6
+    assert document["versions"]["uvloop"] is not None
+    for run in document["runs"]:
+        assert 0 <= run["machine_steal_percent"] <= 100
+    assert "| steal % |" in document["table"]
     assert "all " in completed.stdout
