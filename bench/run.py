@@ -80,6 +80,7 @@ class Settings:
     loop: str
     saturation_requests: int
     warmup_requests: int
+    broker_warmup_s: float
     seed: int
     profile_s: int
     bootstrap: str | None
@@ -193,6 +194,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default=1000,
         help="deliveries sent before each server's measured runs (default: 1000)",
     )
+    add(
+        "--broker-warmup",
+        type=float,
+        metavar="SECONDS",
+        default=20.0,
+        help="seconds of raw producer load on the broker before the first measured run, so "
+        "that the broker's JVM has compiled its produce path; 0 skips it (default: 20)",
+    )
     add("--seed", type=int, default=1, help="seed of the generated bodies (default: 1)")
     add(
         "--profile",
@@ -227,6 +236,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         loop=args.loop,
         saturation_requests=args.saturation_requests,
         warmup_requests=args.warmup_requests,
+        broker_warmup_s=args.broker_warmup,
         seed=args.seed,
         profile_s=args.profile,
         bootstrap=args.bootstrap,
@@ -298,12 +308,18 @@ def relay_command(config: Path, settings: Settings) -> list[str]:
             "--loop", settings.loop]  # fmt: skip
 
 
-def producer_command(workspace: Workspace, rate: int, output: Path) -> list[str]:
-    """Return the module arguments of the producer ceiling at ``rate`` sends/s, 0 for saturation."""
+def producer_command(
+    workspace: Workspace, rate: int, output: Path, duration_s: float | None = None
+) -> list[str]:
+    """Return the module arguments of the producer ceiling at ``rate`` sends/s, 0 for saturation.
+
+    It runs for ``duration_s``, by default the measured runs' ``--duration``.
+    """
     settings = workspace.settings
+    duration_s = settings.duration_s if duration_s is None else duration_s
     return ["bench.producer_ceiling", "--config", str(workspace.root / "relay.yaml"),
             "--targets", str(workspace.targets["saturation"]),
-            "--topic-prefix", CEILING_TOPIC_PREFIX, "--duration", str(settings.duration_s),
+            "--topic-prefix", CEILING_TOPIC_PREFIX, "--duration", str(duration_s),
             "--rate", str(rate), "--concurrency", str(settings.concurrency),
             "--loop", settings.loop, "--output", str(output)]  # fmt: skip
 
@@ -367,6 +383,7 @@ def bench_relay(workspace: Workspace, vegeta: Vegeta) -> list[RunStats]:
     config = write_relay_config(workspace)
     workspace.make_targets("warmup", settings.warmup_requests)
     workspace.make_targets("saturation", settings.saturation_requests)
+    warm_up_broker(workspace)
 
     runs: list[RunStats] = []
     relay_args = relay_command(config, settings)
@@ -458,6 +475,23 @@ def bench_producer(workspace: Workspace) -> list[RunStats]:
                  stats.p99_ms)  # fmt: skip
         runs.append(stats)
     return runs
+
+
+def warm_up_broker(workspace: Workspace) -> None:
+    """Load the fresh broker with the raw producer for ``--broker-warmup`` seconds.
+
+    The relay is measured first. Without this, the broker's JVM would still be
+    compiling its produce path during the relay's runs, on the same cores, and
+    the relay would be measured against a slower broker than the producer
+    ceiling, which runs last. The records go to the ceiling's topics.
+    """
+    duration_s = workspace.settings.broker_warmup_s
+    if duration_s <= 0:
+        return
+    log.info("warming up the broker for %.0f s", duration_s)
+    output = workspace.root / "broker-warmup.json"
+    command, env = python_module_command(producer_command(workspace, 0, output, duration_s))
+    subprocess.run(command, env=env, cwd=REPO, check=True)
 
 
 def run_benchmark(

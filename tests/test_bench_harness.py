@@ -172,6 +172,23 @@ def test_report_has_every_field():
     assert first_row.endswith("| 50 | 1.25 |")
 
 
+def test_broker_warmup_command_runs_producer(tmp_path):
+    workspace = _workspace(tmp_path, [])
+    assert workspace.settings.broker_warmup_s == 20.0
+
+    command = producer_command(workspace, 0, tmp_path / "warmup.json", duration_s=20.0)
+
+    args = producer_ceiling.parse_args(command[1:])
+    assert args.rate == 0
+    assert args.duration == 20.0
+    assert (
+        producer_ceiling.parse_args(
+            producer_command(workspace, 0, tmp_path / "p.json")[1:]
+        ).duration
+        == workspace.settings.duration_s
+    )
+
+
 def _workspace(tmp_path: Path, argv: list[str]) -> Workspace:
     workspace = Workspace(tmp_path, "t1", "127.0.0.1:9092", parse_args(argv), "uvloop", port=8080)
     workspace.targets["saturation"] = tmp_path / "saturation.jsonl"
@@ -296,7 +313,8 @@ def test_harness_short_run_reports_all(kafka_bootstrap, tmp_path):
     command = [
         sys.executable, "-m", "bench.run", "--bootstrap", kafka_bootstrap,
         "--duration", "1", "--rate", "50", "--concurrency", "4",
-        "--saturation-requests", "200", "--warmup-requests", "20", "--output", str(output),
+        "--saturation-requests", "200", "--warmup-requests", "20", "--broker-warmup", "1",
+        "--output", str(output),
     ]  # fmt: skip
 
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=100)
@@ -321,3 +339,4 @@ def test_harness_short_run_reports_all(kafka_bootstrap, tmp_path):
         assert 0 <= run["machine_steal_percent"] <= 100
     assert "| steal % |" in document["table"]
     assert "all " in completed.stdout
+    assert "warming up the broker for 1 s" in completed.stderr
