@@ -202,8 +202,9 @@ def _freeze_startup_objects() -> None:
     """Exclude the objects made at start-up from later garbage collections.
 
     Modules, the configuration and the producer live until the process
-    exits. Frozen, they are no longer scanned by each full collection, which
-    took about 25 ms with them and stalled every request in flight.
+    exits. Frozen, they are no longer scanned by each full collection. With
+    them, a full collection stalled every request in flight for 22 to 25 ms
+    (measured with ``gc.callbacks`` on a 2-core machine); without, 0.5 ms.
     """
     gc.collect()
     gc.freeze()

@@ -71,12 +71,12 @@ def route_event(
 
 
 class Router:
-    """Routes events with one routing configuration, as ``route_event`` does.
+    """Router of events with one routing configuration, as ``route_event`` routes them.
 
-    Routes do not change after the configuration is loaded, so the
+    Routes do not change after the configuration is loaded. So the
     destination of each (event type, source) pair is computed once and kept.
     Event types come from senders, so at most ``MAX_CACHED_DESTINATIONS``
-    pairs are kept; the cache starts over when it is full.
+    pairs are kept, and the cache starts over when it is full.
     """
 
     def __init__(self, routing: RoutingConfig) -> None:
