@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -87,6 +91,64 @@ class MachineCpu:
     def _percent_of_total(self, ticks: int, earlier: MachineCpu) -> float:
         total = self.total - earlier.total
         return 100.0 * ticks / total if total else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CpuReading:
+    """One reading of a ``CpuSampler``: the time and the CPU time counters then."""
+
+    # Unix time in nanoseconds, the clock of vegeta's request start times.
+    time_ns: int
+    # User plus system CPU time of the sampled processes, summed, in seconds.
+    process_cpu_s: float
+    machine: MachineCpu
+
+
+class CpuSampler:
+    """A background thread that reads the CPU time of ``pids`` and of the machine.
+
+    It takes a reading every ``interval_s`` seconds from entering the
+    ``with`` block until leaving it, with one last reading then, or until one
+    of the processes exits and its counters can no longer be read.
+    """
+
+    def __init__(self, pids: Sequence[int], interval_s: float = 0.1) -> None:
+        self.pids = list(pids)
+        self.interval_s = interval_s
+        self.readings: list[CpuReading] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def read(self) -> CpuReading:
+        """Read the counters now; raise ``FileNotFoundError`` once a process is gone."""
+        before_ns = time.time_ns()
+        cpu_s = sum(process_cpu_s(pid) for pid in self.pids)
+        machine = MachineCpu.read()
+        after_ns = time.time_ns()
+        # The midpoint halves the timing error when the thread is preempted while reading.
+        return CpuReading((before_ns + after_ns) // 2, cpu_s, machine)
+
+    def _run(self) -> None:
+        while self._append_reading():
+            if self._stopping.wait(self.interval_s):
+                self._append_reading()
+                return
+
+    def _append_reading(self) -> bool:
+        try:
+            self.readings.append(self.read())
+        except (FileNotFoundError, ProcessLookupError) as exc:
+            log.debug("CPU sampling stopped because a process exited: %s", exc)
+            return False
+        return True
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()
+        self._thread.join()
 
 
 class ServerProcess:

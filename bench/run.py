@@ -43,6 +43,8 @@ from bench import report
 from bench.loadgen import Attack, LoadGeneratorError, RequestResult, Vegeta, find_vegeta
 from bench.payloads import EVENT_TYPES, iter_deliveries, vegeta_target
 from bench.processes import (
+    CpuReading,
+    CpuSampler,
     MachineCpu,
     ServerProcess,
     peak_rss_bytes,
@@ -341,20 +343,8 @@ def measure(
 ) -> tuple[RunStats, list[RequestResult]]:
     """Run one attack against ``server`` and summarize it with the server's CPU and memory."""
     time.sleep(SETTLE_S)
-    machine_before = MachineCpu.read()
-    pids = process_tree(server.pid)
-    cpu_before = sum(process_cpu_s(pid) for pid in pids)
-    results_file, loadgen_cpu_s = vegeta.attack(attack, workspace.root)
-    cpu_s = sum(process_cpu_s(pid) for pid in pids) - cpu_before
-    machine_after = MachineCpu.read()
-    # With several workers, the peak of the largest process: the target is per process.
-    peak_rss = max(peak_rss_bytes(pid) for pid in pids)
-    resources = Resources(
-        cpu_s,
-        peak_rss,
-        machine_after.busy_percent_since(machine_before),
-        machine_after.steal_percent_since(machine_before),
-        loadgen_cpu_s,
+    results_file, resources, cpu_readings = attack_sampled(
+        vegeta, attack, server.pid, workspace.root
     )
 
     results = vegeta.decode(results_file)
@@ -368,9 +358,36 @@ def measure(
         event_loop=workspace.event_loop,
         rate_per_s=attack.rate_per_s or None,
         concurrency=attack.workers if mode == SATURATION else None,
+        cpu_readings=cpu_readings,
     )
     log.info("%s, %s: %.0f/s, p99 %s ms", target, mode, stats.throughput_per_s, stats.p99_ms)
     return stats, results
+
+
+def attack_sampled(
+    vegeta: Vegeta, attack: Attack, server_pid: int, workdir: Path
+) -> tuple[Path, Resources, list[CpuReading]]:
+    """Run one attack; return vegeta's results file, the server's resource use and CPU readings.
+
+    The CPU time and the readings cover ``server_pid`` and its descendants.
+    """
+    machine_before = MachineCpu.read()
+    pids = process_tree(server_pid)
+    cpu_before = sum(process_cpu_s(pid) for pid in pids)
+    with CpuSampler(pids) as sampler:
+        results_file, loadgen_cpu_s = vegeta.attack(attack, workdir)
+    cpu_s = sum(process_cpu_s(pid) for pid in pids) - cpu_before
+    machine_after = MachineCpu.read()
+    # With several workers, the peak of the largest process: the target is per process.
+    peak_rss = max(peak_rss_bytes(pid) for pid in pids)
+    resources = Resources(
+        cpu_s,
+        peak_rss,
+        machine_after.busy_percent_since(machine_before),
+        machine_after.steal_percent_since(machine_before),
+        loadgen_cpu_s,
+    )
+    return results_file, resources, sampler.readings
 
 
 def bodies_of_2xx(results: list[RequestResult]) -> list[bytes]:
@@ -451,7 +468,7 @@ def bench_producer(workspace: Workspace) -> list[RunStats]:
         command, env = python_module_command(producer_command(workspace, rate, output))
         time.sleep(SETTLE_S)
         machine_before = MachineCpu.read()
-        subprocess.run(command, env=env, cwd=REPO, check=True)
+        cpu_readings = run_sampled(command, env)
         machine_after = MachineCpu.read()
 
         result = orjson.loads(output.read_bytes())
@@ -470,11 +487,33 @@ def bench_producer(workspace: Workspace) -> list[RunStats]:
             event_loop=result["event_loop"],
             rate_per_s=rate or None,
             concurrency=settings.concurrency if mode == SATURATION else None,
+            cpu_readings=cpu_readings,
         )
         log.info("%s, %s: %.0f/s, p99 %s ms", report.PRODUCER, mode, stats.throughput_per_s,
                  stats.p99_ms)  # fmt: skip
         runs.append(stats)
     return runs
+
+
+def run_sampled(command: list[str], env: dict[str, str]) -> list[CpuReading]:
+    """Run ``command`` from the repository root and return the CPU readings of its process.
+
+    Raise ``CalledProcessError`` when it exits with a status other than 0.
+    """
+    process = subprocess.Popen(command, env=env, cwd=REPO)
+    try:
+        with CpuSampler([process.pid]) as sampler:
+            # Wait for the exit without reaping the process, so that the
+            # sampler's last reading still finds its CPU time.
+            os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    returncode = process.wait()
+    if returncode != 0:
+        raise subprocess.CalledProcessError(returncode, command)
+    return sampler.readings
 
 
 def warm_up_broker(workspace: Workspace) -> None:

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.processes import CpuReading
+
 SATURATION = "saturation"
 FIXED_RATE = "fixed rate"
+
+NS_PER_S = 1_000_000_000
+# A timeline second's CPU shares come from the two CPU readings nearest its
+# edges. A reading farther than this from its edge, as in a second without
+# readings, leaves the shares unknown (None).
+MAX_EDGE_DISTANCE_NS = 250_000_000
+# Less time between the two readings also leaves them unknown, because
+# process CPU time counts in clock ticks (10 ms at USER_HZ 100): one tick is
+# 2% of a core over 0.5 s.
+MIN_READING_SPAN_NS = 500_000_000
+UNKNOWN_CPU_SHARES: dict[str, float | None] = {
+    "server_cpu_percent": None,
+    "machine_busy_percent": None,
+    "machine_steal_percent": None,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +80,9 @@ class RunStats:
     event_loop: str
     statuses: dict[str, int] = field(default_factory=dict)
     # One entry per second of the run, by request start: it shows whether a high
-    # p99 comes from one stall or from every second.
-    timeline: list[dict[str, float]] = field(default_factory=list)
+    # p99 comes from one stall or from every second, and whether the process
+    # under test was busy on a core in that second.
+    timeline: list[dict[str, float | None]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,8 +105,13 @@ def summarize(
     event_loop: str,
     rate_per_s: int | None = None,
     concurrency: int | None = None,
+    cpu_readings: Sequence[CpuReading] = (),
 ) -> RunStats:
-    """Summarize ``samples``; latencies cover every request that got a response (status > 0)."""
+    """Summarize ``samples``; latencies cover every request that got a response (status > 0).
+
+    ``cpu_readings``, in time order, give the timeline's per-second CPU
+    shares, which are None without them.
+    """
     ok = sum(1 for sample in samples if 200 <= sample.status < 300)
     responded = sorted(sample.latency_ns for sample in samples if sample.status > 0)
     if samples:
@@ -125,23 +149,30 @@ def summarize(
         machine_steal_percent=round(resources.machine_steal_percent, 2),
         event_loop=event_loop,
         statuses=dict(sorted(statuses.items())),
-        timeline=per_second(samples),
+        timeline=per_second(samples, cpu_readings),
     )
 
 
-def per_second(samples: Sequence[Sample]) -> list[dict[str, float]]:
-    """Return the request count and the p50, p99 and max latency in ms of each second."""
+def per_second(
+    samples: Sequence[Sample], cpu_readings: Sequence[CpuReading] = ()
+) -> list[dict[str, float | None]]:
+    """Return the request count, the p50, p99 and max latency in ms and the CPU shares per second.
+
+    Second k covers request starts from k to k + 1 s after the first request's start.
+    """
     if not samples:
         return []
     first_start = min(sample.started_ns for sample in samples)
     seconds: dict[int, list[int]] = {}
     for sample in samples:
         if sample.status > 0:
-            second = (sample.started_ns - first_start) // 1_000_000_000
+            second = (sample.started_ns - first_start) // NS_PER_S
             seconds.setdefault(second, []).append(sample.latency_ns)
-    timeline = []
+    timeline: list[dict[str, float | None]] = []
     for second, latencies in sorted(seconds.items()):
         latencies.sort()
+        window_start_ns = first_start + second * NS_PER_S
+        shares = cpu_shares(cpu_readings, window_start_ns, window_start_ns + NS_PER_S)
         timeline.append(
             {
                 "second": second,
@@ -149,6 +180,47 @@ def per_second(samples: Sequence[Sample]) -> list[dict[str, float]]:
                 "p50_ms": round(percentile(latencies, 0.50) / 1e6, 1),
                 "p99_ms": round(percentile(latencies, 0.99) / 1e6, 1),
                 "max_ms": round(latencies[-1] / 1e6, 1),
+                **shares,
             }
         )
     return timeline
+
+
+def cpu_shares(
+    readings: Sequence[CpuReading], start_ns: int, end_ns: int
+) -> dict[str, float | None]:
+    """Return the process CPU time as % of one core and the machine's busy and steal %.
+
+    They cover the time between the readings nearest ``start_ns`` and
+    ``end_ns``, after the window is cut to the time the readings span, so the
+    last second of a run counts until the last reading. ``readings`` are in
+    time order. The shares are None when a reading is not near an edge or the
+    readings are too close together (``MAX_EDGE_DISTANCE_NS``,
+    ``MIN_READING_SPAN_NS``).
+    """
+    if not readings:
+        return dict(UNKNOWN_CPU_SHARES)
+    start_ns = max(start_ns, readings[0].time_ns)
+    end_ns = min(end_ns, readings[-1].time_ns)
+    first = _nearest_reading(readings, start_ns)
+    last = _nearest_reading(readings, end_ns)
+    near_edges = (
+        abs(first.time_ns - start_ns) <= MAX_EDGE_DISTANCE_NS
+        and abs(last.time_ns - end_ns) <= MAX_EDGE_DISTANCE_NS
+    )
+    span_ns = last.time_ns - first.time_ns
+    if not near_edges or span_ns < MIN_READING_SPAN_NS:
+        return dict(UNKNOWN_CPU_SHARES)
+
+    process_cpu_s = last.process_cpu_s - first.process_cpu_s
+    return {
+        "server_cpu_percent": round(100 * process_cpu_s * NS_PER_S / span_ns, 1),
+        "machine_busy_percent": round(last.machine.busy_percent_since(first.machine), 1),
+        "machine_steal_percent": round(last.machine.steal_percent_since(first.machine), 2),
+    }
+
+
+def _nearest_reading(readings: Sequence[CpuReading], time_ns: int) -> CpuReading:
+    index = bisect.bisect_left(readings, time_ns, key=lambda reading: reading.time_ns)
+    candidates = readings[max(0, index - 1) : index + 1]
+    return min(candidates, key=lambda reading: abs(reading.time_ns - time_ns))

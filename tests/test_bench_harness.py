@@ -7,8 +7,10 @@ Nothing here is timed. The full harness run at the end needs vegeta
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -20,10 +22,20 @@ from aiokafka import AIOKafkaProducer
 from bench import producer_ceiling, report
 from bench.loadgen import LoadGeneratorError, find_vegeta, parse_results
 from bench.payloads import EVENT_TYPES, MAX_BODY_BYTES, MIN_BODY_BYTES, iter_deliveries
-from bench.processes import MachineCpu
+from bench.processes import CpuReading, CpuSampler, MachineCpu
 from bench.profile import summarize_profile
 from bench.run import Workspace, parse_args, producer_command
-from bench.stats import FIXED_RATE, SATURATION, Resources, Sample, percentile, summarize
+from bench.stats import (
+    FIXED_RATE,
+    SATURATION,
+    UNKNOWN_CPU_SHARES,
+    Resources,
+    Sample,
+    cpu_shares,
+    per_second,
+    percentile,
+    summarize,
+)
 from bench.verify import sent_delivery, verify
 from relay.envelope import parse_envelope
 from relay.event_loop import event_loop_factory
@@ -113,6 +125,134 @@ def test_machine_cpu_reads_proc_stat():
     assert 0 <= cpu.steal < cpu.total
 
 
+def test_cpu_sampler_reads_own_process():
+    # The interval outlasts the test: the readings are the first and the last.
+    with CpuSampler([os.getpid()], interval_s=3600) as sampler:
+        _wait_for(lambda: len(sampler.readings) >= 1)
+        spin_until = time.process_time() + 0.3
+        while time.process_time() < spin_until:
+            pass
+
+    first, last = sampler.readings
+    assert first.time_ns < last.time_ns
+    # One clock tick (10 ms) less than the 0.3 s spun, for the counters' resolution.
+    assert last.process_cpu_s - first.process_cpu_s >= 0.29
+    assert last.machine.total > first.machine.total
+
+
+def test_cpu_sampler_stops_after_exit():
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)  # fmt: skip
+    with CpuSampler([child.pid], interval_s=0.01) as sampler:
+        _wait_for(lambda: len(sampler.readings) >= 2)
+        child.communicate(b"")
+        count_after_exit = len(sampler.readings)
+        _wait_for(lambda: not sampler._thread.is_alive())
+
+    assert child.returncode == 0
+    assert len(sampler.readings) <= count_after_exit + 1
+    assert sampler.readings[-1].process_cpu_s >= sampler.readings[0].process_cpu_s
+
+
+def _wait_for(condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not met within {timeout_s} s"
+        time.sleep(0.01)
+
+
+T0_NS = 1_796_414_766 * 10**9
+
+
+def _reading(time_s: float, cpu_s: float) -> CpuReading:
+    """Return a reading ``time_s`` after T0 with the machine 25% busy and 10% stolen since T0.
+
+    Both cores count 200 ticks per second in all (USER_HZ 100).
+    """
+    ticks = 10_000 + round(time_s * 200)
+    machine = MachineCpu(busy=ticks // 4, steal=ticks // 10, total=ticks)
+    return CpuReading(T0_NS + round(time_s * 1e9), cpu_s, machine)
+
+
+def _readings(times_s, cpu_s_at) -> list[CpuReading]:
+    return [_reading(time_s, cpu_s_at(time_s)) for time_s in times_s]
+
+
+def _tenths(start_s: float, end_s: float) -> list[float]:
+    return [tenth / 10 for tenth in range(round(start_s * 10), round(end_s * 10) + 1)]
+
+
+def _window(start_s: float, end_s: float) -> tuple[int, int]:
+    return T0_NS + round(start_s * 1e9), T0_NS + round(end_s * 1e9)
+
+
+def test_timeline_cpu_shares_per_second():
+    # Three workers at 50% each in the first second, all busy in the second.
+    def cpu_s_at(time_s: float) -> float:
+        return 1.5 * time_s if time_s < 1 else 1.5 + 3.0 * (time_s - 1)
+
+    readings = _readings(_tenths(-0.3, 2.4), cpu_s_at)
+    samples = [Sample(T0_NS + offset_ns, 2_000_000, 200)
+               for offset_ns in (0, 400_000_000, 1_500_000_000)]  # fmt: skip
+
+    timeline = per_second(samples, readings)
+
+    assert [entry["second"] for entry in timeline] == [0, 1]
+    assert [entry["requests"] for entry in timeline] == [2, 1]
+    assert timeline[0]["server_cpu_percent"] == 150.0
+    assert timeline[1]["server_cpu_percent"] == 300.0
+    assert timeline[0]["machine_busy_percent"] == 25.0
+    assert timeline[1]["machine_steal_percent"] == 10.0
+
+
+def test_cpu_shares_take_nearest_readings():
+    # The readings nearest the edges of [1 s, 2 s) are at 1.05 s and 1.95 s:
+    # 0.45 CPU seconds in 0.9 s. The others would give 0.3 / 1.1 s or 3 / 1.3 s.
+    readings = [
+        _reading(0.9, 9.7),
+        _reading(1.05, 10.0),
+        _reading(1.5, 10.2),
+        _reading(1.95, 10.45),
+        _reading(2.2, 13.0),
+    ]
+
+    shares = cpu_shares(readings, *_window(1.0, 2.0))
+
+    assert shares["server_cpu_percent"] == 50.0
+    assert shares["machine_busy_percent"] == 25.0
+    assert shares["machine_steal_percent"] == 10.0
+
+
+def test_cpu_shares_unknown_without_readings():
+    # Readings every 0.1 s until 1.0 s, then none until 2.4 s.
+    readings = _readings(_tenths(0.0, 1.0) + _tenths(2.4, 3.8), lambda time_s: 0.5 * time_s)
+
+    assert cpu_shares(readings, *_window(0.0, 1.0))["server_cpu_percent"] == 50.0
+    assert cpu_shares(readings, *_window(1.0, 2.0)) == UNKNOWN_CPU_SHARES
+    assert cpu_shares(readings, *_window(2.0, 3.0)) == UNKNOWN_CPU_SHARES
+    assert cpu_shares(readings, *_window(3.0, 4.0))["server_cpu_percent"] == 50.0
+    assert cpu_shares([], *_window(0.0, 1.0)) == UNKNOWN_CPU_SHARES
+
+
+def test_cpu_shares_cut_to_readings():
+    def cpu_s_at(time_s: float) -> float:
+        return 0.8 * time_s
+
+    # The last second counts until the last reading, if that is 0.5 s or more.
+    ending_at_3_7 = _readings(_tenths(0.0, 3.7), cpu_s_at)
+    ending_at_3_3 = _readings(_tenths(0.0, 3.3), cpu_s_at)
+    # The first second counts from the first reading, on the same condition.
+    starting_at_0_3 = _readings(_tenths(0.3, 2.0), cpu_s_at)
+    starting_at_0_6 = _readings(_tenths(0.6, 2.0), cpu_s_at)
+
+    assert cpu_shares(ending_at_3_7, *_window(3.0, 4.0))["server_cpu_percent"] == 80.0
+    assert cpu_shares(ending_at_3_3, *_window(3.0, 4.0)) == UNKNOWN_CPU_SHARES
+    assert cpu_shares(ending_at_3_3, *_window(4.0, 5.0)) == UNKNOWN_CPU_SHARES
+    assert cpu_shares(starting_at_0_3, *_window(0.0, 1.0))["server_cpu_percent"] == 80.0
+    assert cpu_shares(starting_at_0_6, *_window(0.0, 1.0)) == UNKNOWN_CPU_SHARES
+    assert cpu_shares(starting_at_0_6, *_window(-1.0, 0.0)) == UNKNOWN_CPU_SHARES
+
+
 def _run(target: str, mode: str, throughput: int, rss_mb: int, latency_ms: int = 5):
     samples = [
         Sample(started_ns=index * 10**9 // throughput, latency_ns=latency_ms * 10**6, status=200)
@@ -151,8 +291,10 @@ def test_report_has_every_field():
     assert relay["failed"] == 1
     assert relay["statuses"] == {"200": 800, "503": 1}
     assert relay["timeline"] == [
-        {"second": 0, "requests": 801, "p50_ms": 5.0, "p99_ms": 5.0, "max_ms": 5.0}
-    ]
+        {"second": 0, "requests": 801, "p50_ms": 5.0, "p99_ms": 5.0, "max_ms": 5.0,
+         "server_cpu_percent": None, "machine_busy_percent": None,
+         "machine_steal_percent": None}
+    ]  # fmt: skip
     assert report.ratios(runs) == {
         "relay_to_noop_throughput": 0.8,
         "relay_to_producer_throughput": 0.4,
@@ -313,7 +455,7 @@ def test_harness_short_run_reports_all(kafka_bootstrap, tmp_path):
     command = [
         sys.executable, "-m", "bench.run", "--bootstrap", kafka_bootstrap,
         "--duration", "1", "--rate", "50", "--concurrency", "4",
-        "--saturation-requests", "200", "--warmup-requests", "20", "--broker-warmup", "1",
+        "--saturation-requests", "20000", "--warmup-requests", "20", "--broker-warmup", "1",
         "--output", str(output),
     ]  # fmt: skip
 
@@ -337,6 +479,27 @@ def test_harness_short_run_reports_all(kafka_bootstrap, tmp_path):
     assert document["versions"]["uvloop"] is not None
     for run in document["runs"]:
         assert 0 <= run["machine_steal_percent"] <= 100
+        _check_timeline_cpu(run, workers=document["settings"]["workers"])
     assert "| steal % |" in document["table"]
+    assert "server_cpu_percent" not in document["table"]
     assert "all " in completed.stdout
     assert "warming up the broker for 1 s" in completed.stderr
+
+
+def _check_timeline_cpu(run: dict, workers: int) -> None:
+    """Check the per-second CPU shares of one run's timeline in the JSON results."""
+    # A fully busy process can read a few points above 100%: its CPU time counts
+    # in 10 ms clock ticks, and the sampler thread may be preempted while reading.
+    max_cpu_percent = 100 * workers + 5
+    name = f"{run['target']}, {run['mode']}"
+    for entry in run["timeline"]:
+        for key in UNKNOWN_CPU_SHARES:
+            assert key in entry, (name, key)
+    measured = [entry for entry in run["timeline"] if entry["server_cpu_percent"] is not None]
+    assert measured, name
+    for entry in measured:
+        assert 0 <= entry["server_cpu_percent"] <= max_cpu_percent, (name, entry)
+        assert 0 <= entry["machine_busy_percent"] <= 100, (name, entry)
+        assert 0 <= entry["machine_steal_percent"] <= 100, (name, entry)
+    if run["mode"] == SATURATION:
+        assert max(entry["server_cpu_percent"] for entry in measured) > 0, name
