@@ -37,6 +37,9 @@ _HERE = Path(__file__).resolve().parent / "kafka"
 _POM = _HERE / "pom.xml"
 _LOG4J_CONFIG = _HERE / "log4j2.properties"
 _STARTED_MARKER = "Kafka Server started"
+# Logged when a listener's port is taken: "Socket server failed to bind to HOST:PORT: ...".
+_BIND_FAILED_MARKER = "Socket server failed to bind to"
+_BIND_ATTEMPTS = 3
 _SCRAM_LOGIN = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
 _PLAIN_LOGIN = "org.apache.kafka.common.security.plain.PlainLoginModule required"
 
@@ -101,6 +104,10 @@ class BrokerSecurity:
     key_password: str | None = None
 
 
+class _PortTaken(RuntimeError):
+    """The broker exited at start-up because one of its ports was taken."""
+
+
 class KafkaBroker:
     """One broker-and-controller process with its own data folder and ports.
 
@@ -118,6 +125,8 @@ class KafkaBroker:
         security: BrokerSecurity | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        # Only ports the broker picked itself are replaced when one is taken.
+        self._ports_picked = port is None
         self.port = port or free_port()
         self.controller_port = free_port()
         self.security = security
@@ -149,8 +158,28 @@ class KafkaBroker:
         return f"127.0.0.1:{self.sasl_ssl_port}"
 
     def start(self, timeout_s: float = 90.0) -> None:
-        """Start the process and return once the broker serves requests."""
+        """Start the process and return once the broker serves requests.
+
+        Ports come from ``free_port``, which releases each port before the
+        broker binds it, so another process can take one in between. On the
+        first start, a broker that fails to bind a port it picked itself gets
+        new ports and starts again, up to ``_BIND_ATTEMPTS`` times in all.
+        """
         libs = ensure_kafka_jars()
+        first_start = not (self.workdir / "data" / "meta.properties").exists()
+        for attempt in range(1, _BIND_ATTEMPTS + 1):
+            try:
+                self._launch(libs, timeout_s)
+                return
+            except _PortTaken:
+                if not (first_start and self._ports_picked) or attempt == _BIND_ATTEMPTS:
+                    raise
+            shutil.rmtree(self.workdir / "data", ignore_errors=True)
+            self.port, self.controller_port = free_port(), free_port()
+            if self.security is not None:
+                self.ssl_port, self.sasl_ssl_port = free_port(), free_port()
+
+    def _launch(self, libs: Path, timeout_s: float) -> None:
         config = self._write_config()
         if not (self.workdir / "data" / "meta.properties").exists():
             self._format(libs, config)
@@ -299,9 +328,12 @@ class KafkaBroker:
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise RuntimeError(
+                message = (
                     f"the Kafka broker exited with {self._process.returncode}; see {self.log_file}"
                 )
+                if self._log_contains(_BIND_FAILED_MARKER, log_offset):
+                    raise _PortTaken(message)
+                raise RuntimeError(message)
             if self._log_contains(_STARTED_MARKER, log_offset) and self._accepts_connections():
                 return
             time.sleep(0.2)

@@ -1,9 +1,14 @@
 """The test broker itself: aiokafka produces, consumes and runs idempotently against it."""
 
+import socket
 import uuid
+from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaProducer
 
+from tests import kafka_broker
+from tests.kafka_broker import free_port
 from tests.kafka_records import consume
 
 
@@ -26,3 +31,37 @@ async def test_idempotent_producer_round_trip(kafka_bootstrap: str) -> None:
     assert [record.value for record in records] == [b"value-1", b"value-2"]
     assert records[0].key == b"key-1"
     assert list(records[0].headers) == [("h", b"v")]
+
+
+def test_broker_replaces_taken_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken_port = holder.getsockname()[1]
+    ports = iter([taken_port])
+    # The first port picked is held by the socket above. Later ones are free.
+    monkeypatch.setattr(kafka_broker, "free_port", lambda: next(ports, None) or free_port())
+
+    broker = kafka_broker.KafkaBroker(tmp_path)
+    try:
+        broker.start()
+        assert broker.port != taken_port
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=5):
+            pass
+        assert "Socket server failed to bind" in broker.log_file.read_text()
+    finally:
+        broker.stop()
+        holder.close()
+
+
+def test_broker_keeps_requested_port(tmp_path: Path) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    broker = kafka_broker.KafkaBroker(tmp_path, port=holder.getsockname()[1])
+    try:
+        with pytest.raises(RuntimeError, match="exited with"):
+            broker.start()
+    finally:
+        broker.stop()
+        holder.close()
