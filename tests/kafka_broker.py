@@ -83,6 +83,20 @@ def ensure_kafka_jars() -> Path:
     return libs
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """Return True when every thread of process ``pid`` is in the stopped state (Linux /proc)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:
+            continue  # The thread exited after the listing.
+        # The state follows the command name, which is in parentheses and may contain spaces.
+        state = stat.rpartition(")")[2].split()[0]
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -213,10 +227,21 @@ class KafkaBroker:
             process.kill()
             process.wait()
 
-    def pause(self) -> None:
-        """Freeze the broker with SIGSTOP: connections stay open but nothing is answered."""
+    def pause(self, timeout_s: float = 30.0) -> None:
+        """Freeze the broker with SIGSTOP: connections stay open but nothing is answered.
+
+        The kernel stops a process's threads one by one, each when it next
+        runs, which can take a while on a loaded machine. Until then the broker
+        can still answer a request sent after this call. So this waits until
+        every thread of the process is stopped.
+        """
         assert self._process is not None
         self._process.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + timeout_s
+        while not _all_threads_stopped(self._process.pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Kafka broker's threads did not stop within {timeout_s} s")
+            time.sleep(0.01)
 
     def resume(self) -> None:
         assert self._process is not None

@@ -1,6 +1,10 @@
 """The test broker itself: aiokafka produces, consumes and runs idempotently against it."""
 
+import signal
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -65,3 +69,26 @@ def test_broker_keeps_requested_port(tmp_path: Path) -> None:
     finally:
         broker.stop()
         holder.close()
+
+
+def test_thread_check_sees_stopped_process() -> None:
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not kafka_broker._all_threads_stopped(process.pid)
+        process.send_signal(signal.SIGSTOP)
+        for _ in range(500):
+            if kafka_broker._all_threads_stopped(process.pid):
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the stopped process never showed as stopped")
+        process.send_signal(signal.SIGCONT)
+        for _ in range(500):
+            if not kafka_broker._all_threads_stopped(process.pid):
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the resumed process still showed as stopped")
+    finally:
+        process.kill()
+        process.wait()
