@@ -228,12 +228,12 @@ class KafkaBroker:
             process.wait()
 
     def pause(self, timeout_s: float = 30.0) -> None:
-        """Freeze the broker with SIGSTOP: connections stay open but nothing is answered.
+        """Freeze the broker with SIGSTOP: connections stay open but get no response.
 
         The kernel stops a process's threads one by one, each when it next
         runs, which can take a while on a loaded machine. Until then the broker
-        can still answer a request sent after this call. So this waits until
-        every thread of the process is stopped.
+        can still respond to a request sent after this call. So this waits
+        until every thread of the process is stopped.
         """
         assert self._process is not None
         self._process.send_signal(signal.SIGSTOP)

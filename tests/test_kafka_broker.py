@@ -37,10 +37,16 @@ async def test_idempotent_producer_round_trip(kafka_bootstrap: str) -> None:
     assert list(records[0].headers) == [("h", b"v")]
 
 
-def test_broker_replaces_taken_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def listening_socket() -> socket.socket:
+    """Return a socket that holds a free loopback port, so a broker cannot bind it."""
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen()
+    return holder
+
+
+def test_broker_replaces_taken_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    holder = listening_socket()
     taken_port = holder.getsockname()[1]
     ports = iter([taken_port])
     # The first port picked is held by the socket above. Later ones are free.
@@ -59,9 +65,7 @@ def test_broker_replaces_taken_port(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_broker_keeps_requested_port(tmp_path: Path) -> None:
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
+    holder = listening_socket()
     broker = kafka_broker.KafkaBroker(tmp_path, port=holder.getsockname()[1])
     try:
         with pytest.raises(RuntimeError, match="exited with"):
