@@ -61,7 +61,7 @@ class WebhookHandler:
         self._dedup = dedup
         self._clock = clock
         self._router = Router(config.routing)
-        # Requests being handled; RelayMetrics reads it at each scrape.
+        # Requests being handled. RelayMetrics reads it at each scrape.
         self.in_flight = 0
         # (source name, event id) -> set once the delivery being published ends
         self._publishing: dict[tuple[str, str], asyncio.Event] = {}
